@@ -1,0 +1,395 @@
+"""DeepSpeed rollout backend: the actor generates through DeepSpeed's hybrid engine.
+
+DeepSpeed's hybrid engine switches the actor between training mode and an inference mode in which its decoder
+layers run DeepSpeed's fused inference kernels (CUDA only, for the layer types DeepSpeed has an inference policy for).
+Which engine actually runs is decided once, when the backend is built, and exposed as ``active_backend``:
+
+- ``"deepspeed-kernels"``: hybrid engine with inference kernels injected into the actor's layers (CUDA).
+- ``"deepspeed"``: DeepSpeed's rollout engine over the actor's own forward, because the kernels for this
+  architecture exist only for CUDA and the actor is elsewhere (the CPU case).
+- ``"hf-fallback"``: Hugging Face ``generate``, with a warning saying why (no DeepSpeed inference policy for the
+  architecture, PEFT adapters, or ZeRO-3 weights partitioned by a training engine that is not a hybrid engine).
+
+Completions have the same format as ``HFRollout``: new tokens only, right-padded with the pad token after the first
+end-of-sequence token, as wide as the longest answer.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+import os
+import socket
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+from transformers import GenerationConfig
+
+from .rollout import HFRollout, RolloutBackend
+
+logger = logging.getLogger(__name__)
+
+KERNELS = "deepspeed-kernels"
+DEEPSPEED_WITHOUT_KERNELS = "deepspeed"
+HF_FALLBACK = "hf-fallback"
+
+
+def find_actor(model: nn.Module) -> nn.Module:
+    """Return the generating model inside what ``accelerator.prepare`` returned.
+
+    Accepts the actor itself, a DeepSpeed engine or DDP wrapper around it, or the same around a policy-and-value
+    wrapper exposing the actor as ``.policy`` (the PPO trainer trains actor and critic as one module).
+    """
+    from deepspeed import DeepSpeedEngine
+
+    module = model.module if isinstance(model, (DeepSpeedEngine, nn.parallel.DistributedDataParallel)) else model
+    policy = getattr(module, "policy", None)
+    if isinstance(policy, nn.Module):
+        return policy
+    if callable(getattr(module, "generate", None)):
+        return module
+    raise TypeError(
+        f"Cannot find a generating model in {type(model).__name__}: expected a model with generate() "
+        "or a wrapper with a .policy attribute."
+    )
+
+
+def deepspeed_kernel_layer_classes() -> set[type]:
+    """Decoder-layer classes DeepSpeed's hybrid engine would replace with inference kernels.
+
+    Mirrors ``DeepSpeedHybridEngine.populate_all_inference_policies`` (deepspeed 0.19): every transformer policy
+    names the Transformers layer class it replaces; OPT is skipped when its layer takes a ``Cache`` object, because
+    the injected OPT layer only implements the legacy tuple-cache contract.
+    """
+    from deepspeed.module_inject.containers.opt import HFOPTLayerPolicy
+    from deepspeed.module_inject.replace_policy import replace_policies
+
+    layer_classes: set[type] = set()
+    for policy_class in replace_policies:
+        policy_class(None)  # constructing a policy once resolves the Transformers class it targets
+        targets = policy_class._orig_layer_class
+        if targets is None:
+            continue
+        if policy_class is HFOPTLayerPolicy:
+            parameters = inspect.signature(targets.forward).parameters
+            if "cache_position" in parameters or "past_key_values" in parameters:
+                continue
+        layer_classes.update(targets if isinstance(targets, list) else [targets])
+    return layer_classes
+
+
+def kernel_layer_problem(actor: nn.Module) -> str | None:
+    """Why DeepSpeed cannot put its inference kernels into ``actor``, or None when it can (on CUDA)."""
+    supported = deepspeed_kernel_layer_classes()
+    if any(type(module) in supported for module in actor.modules()):
+        return None
+    layer_names = sorted(
+        {type(module).__name__ for module in actor.modules() if type(module).__name__.endswith("Layer")}
+    )
+    return (
+        f"DeepSpeed has no inference policy for {type(actor).__name__} "
+        f"(layers: {', '.join(layer_names) or 'none found'})"
+    )
+
+
+def resolve_generation_config(requested: GenerationConfig, model_defaults: GenerationConfig) -> GenerationConfig:
+    """The settings HF ``generate`` would actually use: ours, then the model's own for unset fields, then
+    Transformers' global defaults (e.g. top_k 50), applied in the same order as ``generate`` does."""
+    resolved = copy.deepcopy(requested)
+    resolved.update(**model_defaults.to_dict(), defaults_only=True)
+    resolved.update(**GenerationConfig._get_default_generation_params(), defaults_only=True)
+    return resolved
+
+
+def rollout_engine_limitation(generation_config: GenerationConfig) -> str | None:
+    """Why DeepSpeed's ``HybridEngineRollout`` cannot reproduce ``generation_config`` exactly, or None if it can.
+
+    That engine always decodes ``max_new_tokens`` tokens with end-of-sequence detection turned off (so ZeRO-3 ranks
+    stay in step) and only takes temperature, top-k and top-p; settings that need end-of-sequence awareness during
+    decoding or another search strategy go through the hybrid engine's ``generate`` instead. Expects a config
+    from ``resolve_generation_config`` (no unset fields).
+    """
+    if generation_config.max_new_tokens is None:
+        return "max_new_tokens is not set"
+    if generation_config.num_beams != 1:
+        return "beam search"
+    if generation_config.min_new_tokens or generation_config.min_length:
+        return "a minimum answer length suppresses end-of-sequence, which that engine does not track"
+    if generation_config.do_sample and not generation_config.temperature:
+        return "sampling at temperature 0"
+    return None
+
+
+def sampling_config_from(generation_config: GenerationConfig):
+    """Translate resolved sampling settings into DeepSpeed's ``SamplingConfig`` (temperature 0 means greedy there,
+    top-k 0 means no top-k filtering in both)."""
+    from deepspeed.runtime.rollout import SamplingConfig
+
+    if not generation_config.do_sample:
+        return SamplingConfig(
+            max_new_tokens=generation_config.max_new_tokens,
+            temperature=0.0,
+            n_samples_per_prompt=generation_config.num_return_sequences,
+        )
+    return SamplingConfig(
+        max_new_tokens=generation_config.max_new_tokens,
+        temperature=generation_config.temperature,
+        top_k=generation_config.top_k,
+        top_p=generation_config.top_p,
+        n_samples_per_prompt=generation_config.num_return_sequences,
+    )
+
+
+def end_of_sequence_ids(generation_config: GenerationConfig) -> list[int]:
+    eos = generation_config.eos_token_id
+    if eos is None:
+        return []
+    return [eos] if isinstance(eos, int) else list(eos)
+
+
+def pad_after_end(completions: torch.LongTensor, eos_ids: list[int], pad_id: int) -> torch.LongTensor:
+    """completions: [batch, width] new tokens. Keeps each row up to and including its first end-of-sequence token,
+    pads the rest, and cuts the width to the longest kept row, which is what HF ``generate`` returns."""
+    if not eos_ids or completions.shape[1] == 0:
+        return completions
+    is_end = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))
+    has_end = is_end.any(dim=1)
+    first_end = is_end.int().argmax(dim=1)
+    kept_length = torch.where(has_end, first_end + 1, torch.full_like(first_end, completions.shape[1]))
+    positions = torch.arange(completions.shape[1], device=completions.device).unsqueeze(0)
+    padded = completions.masked_fill(positions >= kept_length.unsqueeze(1), pad_id)
+    return padded[:, : int(kept_length.max())]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def ensure_distributed_environment() -> None:
+    """``deepspeed.initialize`` needs a process group and LOCAL_RANK; outside a launcher, describe a world of one
+    (launchers such as torchrun and accelerate set these variables themselves)."""
+    if torch.distributed.is_initialized():
+        return
+    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        os.environ.setdefault(name, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+
+
+def _precision_section(actor: nn.Module) -> dict:
+    """Match the engine's precision to the actor's: DeepSpeed casts the module in place, and these parameters are
+    shared with the training engine."""
+    dtype = next(actor.parameters()).dtype
+    return {"bf16": {"enabled": dtype == torch.bfloat16}, "fp16": {"enabled": dtype == torch.float16}}
+
+
+class DeepSpeedRollout(RolloutBackend):
+    """Generation through DeepSpeed's hybrid engine, sharing the actor's parameter tensors with the trainer.
+
+    Options (all forwarded to the ``hybrid_engine`` section of the engine's DeepSpeed config):
+        inference_tp_size: split each layer over this many GPUs during generation only.
+        release_inference_cache: free the inference workspace (KV cache) after every rollout, at the cost of
+            reallocating it next time.
+        pin_parameters: under ZeRO-3, keep gathered layers in memory for the whole rollout instead of re-gathering
+            them for every token.
+        cuda_graph_decode: replay decode steps from CUDA graphs (used when answers have a fixed length, i.e.
+            min_new_tokens == max_new_tokens; DeepSpeed refuses it with ZeRO-3, tensor parallelism or a released
+            cache and says so).
+        max_prompt_length: longest prompt; with max_new_tokens it sizes the inference workspace.
+        tp_gather_partition_size: layers gathered at a time under ZeRO-3 with tensor parallelism.
+    """
+
+    name = "deepspeed"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        generation_config: GenerationConfig,
+        accelerator=None,
+        *,
+        inference_tp_size: int = 1,
+        release_inference_cache: bool = False,
+        pin_parameters: bool = True,
+        cuda_graph_decode: bool = False,
+        max_prompt_length: int = 512,
+        tp_gather_partition_size: int = 8,
+    ):
+        super().__init__(model, tokenizer, generation_config, accelerator)
+        self.hybrid_engine_options = {
+            "inference_tp_size": inference_tp_size,
+            "release_inference_cache": release_inference_cache,
+            "pin_parameters": pin_parameters,
+            "enable_cuda_graph": cuda_graph_decode,
+            "max_out_tokens": max_prompt_length + (generation_config.max_new_tokens or generation_config.max_length),
+            "tp_gather_partition_size": tp_gather_partition_size,
+        }
+        self.actor = find_actor(model)
+        self.engine = None
+        self.rollout_engine = None
+        self.fallback_reason: str | None = None
+        self.active_backend = self._start_engine()
+        logger.info("Rollout backend in use: %s", self.active_backend)
+
+    # ------------------------------------------------------------------ choosing and building the engine
+
+    def _start_engine(self) -> str:
+        from deepspeed.runtime.hybrid_engine import DeepSpeedHybridEngine
+
+        if isinstance(self.model, DeepSpeedHybridEngine) and self.model.module is self.actor:
+            # The actor was prepared on its own with a hybrid_engine section (DeepSpeed-Chat's layout): use that
+            # engine directly; it also handles ZeRO-3 gathering itself.
+            self.engine = self.model
+            self._build_rollout_engine()
+            return KERNELS if self.engine._inference_containers else DEEPSPEED_WITHOUT_KERNELS
+
+        problem = self._fallback_problem()
+        if problem is not None:
+            return self._fall_back(problem)
+
+        on_cuda = next(self.actor.parameters()).device.type == "cuda"
+        if not on_cuda:
+            logger.warning(
+                "DeepSpeed's inference kernels run on CUDA only; the actor is on %s, so DeepSpeed's rollout "
+                "engine runs the model's own forward.",
+                next(self.actor.parameters()).device,
+            )
+        self._build_own_engine(with_kernels=on_cuda)
+        return KERNELS if on_cuda else DEEPSPEED_WITHOUT_KERNELS
+
+    def _fallback_problem(self) -> str | None:
+        """Why the hybrid engine cannot run this actor, or None."""
+        from deepspeed import DeepSpeedEngine
+        from peft import PeftModel
+
+        if isinstance(self.actor, PeftModel):
+            return "PEFT adapters are not understood by DeepSpeed's inference kernels"
+        if isinstance(self.model, DeepSpeedEngine) and self.model.zero_optimization_partition_weights():
+            return (
+                "the actor's weights are partitioned by ZeRO-3 in a training engine that is not a hybrid engine; "
+                "a second engine over partitioned weights would not see them"
+            )
+        return kernel_layer_problem(self.actor)
+
+    def _fall_back(self, reason: str) -> str:
+        self.fallback_reason = reason
+        logger.warning(
+            "Rollout backend 'deepspeed' cannot accelerate this actor (%s); falling back to Hugging Face generate.",
+            reason,
+        )
+        return HF_FALLBACK
+
+    def _build_own_engine(self, with_kernels: bool) -> None:
+        """A second DeepSpeed engine over the actor module without an optimizer: it holds the same parameter
+        tensors as the training engine, so it sees every update without copying."""
+        import deepspeed
+
+        ensure_distributed_environment()
+        config = {
+            "train_micro_batch_size_per_gpu": 1,
+            "gradient_accumulation_steps": 1,
+            "zero_optimization": {"stage": 0},
+            # Without kernels the hybrid engine would still try to build them (and fail off CUDA), so it stays off.
+            "hybrid_engine": {"enabled": with_kernels, **self.hybrid_engine_options},
+            **_precision_section(self.actor),
+        }
+        self.engine, *_ = deepspeed.initialize(model=self.actor, config=config)
+        self._build_rollout_engine()
+
+    def _build_rollout_engine(self) -> None:
+        from deepspeed.runtime.rollout import HybridEngineRollout
+
+        self.rollout_engine = HybridEngineRollout(self.engine, self.tokenizer)
+
+    # ------------------------------------------------------------------ generation
+
+    @torch.no_grad()
+    def generate(self, prompt_ids, prompt_mask):
+        if self.active_backend == HF_FALLBACK:
+            completions = self._generate_with_hf(prompt_ids, prompt_mask)
+        else:
+            resolved = resolve_generation_config(self.generation_config, self.actor.generation_config)
+            was_training = self.actor.training
+            # eval() swaps the actor's layers to the inference kernels (when injected); train() swaps them back.
+            self.engine.eval()
+            try:
+                with self._generation_config_in_place(resolved):
+                    if rollout_engine_limitation(resolved) is None and not self._needs_pinned_length():
+                        completions = self._generate_with_rollout_engine(prompt_ids, prompt_mask, resolved)
+                    else:
+                        completions = self._generate_with_hybrid_engine(prompt_ids, prompt_mask, resolved)
+            finally:
+                self.engine.train(was_training)
+        eos_ids = end_of_sequence_ids(self.generation_config)
+        pad_id = self.generation_config.pad_token_id
+        return pad_after_end(completions, eos_ids, pad_id if pad_id is not None else eos_ids[0])
+
+    def _needs_pinned_length(self) -> bool:
+        """CUDA-graph decode is only used when the generate call itself says min_new_tokens == max_new_tokens."""
+        return self.active_backend == KERNELS and self.engine._config.hybrid_engine.enable_cuda_graph
+
+    def _generate_with_rollout_engine(self, prompt_ids, prompt_mask, resolved: GenerationConfig):
+        from deepspeed.runtime.rollout import RolloutRequest
+
+        batch = self.rollout_engine.generate(RolloutRequest(prompt_ids, prompt_mask), sampling_config_from(resolved))
+        return batch.input_ids[:, prompt_ids.shape[1] :]
+
+    def _generate_with_hybrid_engine(self, prompt_ids, prompt_mask, resolved: GenerationConfig):
+        # With kernels injected, actor.generate is the hybrid engine's generate (gathers, fuses LoRA, times).
+        output = self.actor.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=resolved)
+        return output[:, prompt_ids.shape[1] :]
+
+    def _generate_with_hf(self, prompt_ids, prompt_mask):
+        """Plain HF generate on the actor; under ZeRO-3 TRL's helper gathers the weights once per rollout."""
+        if self.accelerator is None:
+            unwrapped_context = nullcontext(self.model)
+        else:
+            from trl.models.utils import unwrap_model_for_generation
+
+            unwrapped_context = unwrap_model_for_generation(self.model, self.accelerator)
+        with unwrapped_context as unwrapped:
+            actor = find_actor(unwrapped)
+            was_training = actor.training
+            actor.eval()
+            output = actor.generate(
+                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
+            )
+            actor.train(was_training)
+        return output[:, prompt_ids.shape[1] :]
+
+    @contextmanager
+    def _generation_config_in_place(self, resolved: GenerationConfig):
+        """The rollout engine calls generate without a GenerationConfig, so the actor's own config is the base of
+        its settings; make that ours for the call (pad and end ids included) and restore it afterwards."""
+        original = self.actor.generation_config
+        self.actor.generation_config = resolved
+        try:
+            yield
+        finally:
+            self.actor.generation_config = original
+
+    def sync_weights(self) -> None:
+        """The engine shares the actor's parameter tensors, so new values are seen directly. Injected kernels keep
+        their own references (transposed and fused views) that must be pointed at the current tensors again, which
+        the hybrid engine otherwise does only after its own optimizer steps."""
+        if self.active_backend != KERNELS or self.engine is self.model:
+            return  # nothing cached, or the trainer's own hybrid engine, which refreshes itself in step()
+        for container in self.engine._inference_containers:
+            container.reset_params()
+
+
+def build_rollout(
+    name: str, model, tokenizer, generation_config: GenerationConfig, accelerator=None, **options
+) -> RolloutBackend:
+    """Build the rollout backend called ``name`` ("hf" or "deepspeed"); ``options`` go to the DeepSpeed backend."""
+    backends = {HFRollout.name: HFRollout, DeepSpeedRollout.name: DeepSpeedRollout}
+    if name not in backends:
+        raise ValueError(f"Unknown rollout backend {name!r}; choose one of: {', '.join(sorted(backends))}.")
+    if name == HFRollout.name:
+        if options:
+            raise ValueError(f"The 'hf' rollout backend takes no options; got {', '.join(sorted(options))}.")
+        return HFRollout(model, tokenizer, generation_config, accelerator)
+    return DeepSpeedRollout(model, tokenizer, generation_config, accelerator, **options)

@@ -1,0 +1,297 @@
+"""Rollout backends: every backend reproduces plain ``model.generate``, falls back loudly, and follows new weights."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, OPTForCausalLM
+
+from rlhf_trl.ppo.rollout import HFRollout
+from rlhf_trl.ppo.rollout_deepspeed import (
+    DEEPSPEED_WITHOUT_KERNELS,
+    HF_FALLBACK,
+    KERNELS,
+    DeepSpeedRollout,
+    build_rollout,
+    pad_after_end,
+    resolve_generation_config,
+    rollout_engine_limitation,
+    sampling_config_from,
+)
+from rlhf_trl.tiny.model import build_config, build_tokenizer
+
+PROMPTS = ["Human: sort 3 1 2 Assistant:", "Human: sort 5 Assistant:", "Human: sort 9 8 7 6 5 Assistant:"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return build_tokenizer()
+
+
+def build_model(architecture: str, tokenizer, seed: int = 0):
+    torch.manual_seed(seed)
+    if architecture == "opt":
+        model = OPTForCausalLM(build_config(tokenizer))
+    else:
+        config = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=128,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.eos_token_id,
+        )
+        model = LlamaForCausalLM(config)
+    # Random tiny models rarely emit EOS; make it likelier so padding after EOS is exercised.
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id] *= 3
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def generation_config(tokenizer, **settings) -> GenerationConfig:
+    defaults = {"max_new_tokens": 12, "do_sample": False}
+    return GenerationConfig(
+        **{**defaults, **settings}, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+
+
+def prompts(tokenizer):
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def reference_completions(model, tokenizer, config: GenerationConfig):
+    ids, mask = prompts(tokenizer)
+    model.eval()
+    with torch.no_grad():
+        output = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    return output[:, ids.shape[1] :]
+
+
+EXPECTED_CPU_BACKEND = {("deepspeed", "llama"): DEEPSPEED_WITHOUT_KERNELS, ("deepspeed", "opt"): HF_FALLBACK}
+
+
+@pytest.mark.parametrize("architecture", ["opt", "llama"])
+@pytest.mark.parametrize("backend", ["hf", "deepspeed"])
+def test_greedy_matches_plain_generate(backend, architecture, tokenizer):
+    model = build_model(architecture, tokenizer)
+    config = generation_config(tokenizer)
+    expected = reference_completions(model, tokenizer, config)
+    model.train()  # the trainer hands over a model in training mode
+    rollout = build_rollout(backend, model, tokenizer, config)
+    completions = rollout.generate(*prompts(tokenizer))
+    assert torch.equal(completions, expected)
+    assert model.training, "the backend must give the actor back in training mode"
+    if backend == "deepspeed":
+        assert rollout.active_backend == EXPECTED_CPU_BACKEND[(backend, architecture)]
+
+
+def test_deepspeed_rollout_engine_pads_after_eos_like_generate(tokenizer):
+    model = build_model("llama", tokenizer, seed=3)
+    with torch.no_grad():  # EOS almost certain after the first token or two, at different steps per row
+        model.lm_head.weight[tokenizer.eos_token_id] *= 4
+    config = generation_config(tokenizer, max_new_tokens=20)
+    expected = reference_completions(model, tokenizer, config)
+    completions = DeepSpeedRollout(model, tokenizer, config).generate(*prompts(tokenizer))
+    assert (expected == tokenizer.eos_token_id).any(), "test needs at least one answer that ends early"
+    assert torch.equal(completions, expected)
+
+
+def test_deepspeed_sampling_matches_generate_with_same_seed(tokenizer):
+    model = build_model("llama", tokenizer)
+    config = generation_config(tokenizer, do_sample=True, temperature=0.7, top_k=5, top_p=0.9)
+    rollout = DeepSpeedRollout(model, tokenizer, config)
+    torch.manual_seed(1234)
+    expected = reference_completions(model, tokenizer, config)
+    torch.manual_seed(1234)
+    assert torch.equal(rollout.generate(*prompts(tokenizer)), expected)
+
+
+def test_deepspeed_fixed_answer_length_uses_hybrid_engine_generate(tokenizer):
+    model = build_model("llama", tokenizer)
+    config = generation_config(tokenizer, max_new_tokens=10, min_new_tokens=10)
+    expected = reference_completions(model, tokenizer, config)
+    completions = DeepSpeedRollout(model, tokenizer, config).generate(*prompts(tokenizer))
+    assert completions.shape == (len(PROMPTS), 10)
+    assert torch.equal(completions, expected)
+
+
+def test_unsupported_architecture_falls_back_loudly(tokenizer, caplog):
+    model = build_model("opt", tokenizer)
+    with caplog.at_level(logging.WARNING, logger="rlhf_trl.ppo.rollout_deepspeed"):
+        rollout = DeepSpeedRollout(model, tokenizer, generation_config(tokenizer))
+    assert rollout.active_backend == HF_FALLBACK
+    assert "OPTForCausalLM" in rollout.fallback_reason
+    assert any("falling back to Hugging Face generate" in record.getMessage() for record in caplog.records)
+
+
+def test_cpu_actor_warns_that_kernels_are_cuda_only(tokenizer, caplog):
+    with caplog.at_level(logging.WARNING, logger="rlhf_trl.ppo.rollout_deepspeed"):
+        rollout = DeepSpeedRollout(build_model("llama", tokenizer), tokenizer, generation_config(tokenizer))
+    assert rollout.active_backend == DEEPSPEED_WITHOUT_KERNELS
+    assert rollout.fallback_reason is None
+    assert any("CUDA only" in record.getMessage() for record in caplog.records)
+
+
+class PolicyAndValue(nn.Module):
+    """Shape of what the PPO trainer prepares: actor and critic trained as one module."""
+
+    def __init__(self, policy, value_model):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+
+
+def test_policy_is_found_inside_trainer_wrapper(tokenizer):
+    actor = build_model("llama", tokenizer)
+    config = generation_config(tokenizer)
+    expected = reference_completions(actor, tokenizer, config)
+    wrapper = PolicyAndValue(actor, nn.Linear(2, 1))
+    for backend in ["deepspeed"]:
+        rollout = build_rollout(backend, wrapper, tokenizer, config)
+        assert rollout.actor is actor
+        assert torch.equal(rollout.generate(*prompts(tokenizer)), expected)
+
+
+@pytest.mark.parametrize("architecture", ["opt", "llama"])
+def test_sync_weights_makes_generation_follow_new_weights(architecture, tokenizer):
+    actor = build_model(architecture, tokenizer, seed=0)
+    other = build_model(architecture, tokenizer, seed=1)
+    config = generation_config(tokenizer)
+    before = reference_completions(actor, tokenizer, config)
+    after = reference_completions(other, tokenizer, config)
+    assert not torch.equal(before, after), "the two seeds must generate differently for this test to mean anything"
+
+    rollout = DeepSpeedRollout(actor, tokenizer, config)
+    assert torch.equal(rollout.generate(*prompts(tokenizer)), before)
+    with torch.no_grad():  # what an optimizer step does: update the same tensors in place
+        for parameter, new_value in zip(actor.parameters(), other.parameters()):
+            parameter.copy_(new_value)
+    rollout.sync_weights()
+    assert torch.equal(rollout.generate(*prompts(tokenizer)), after)
+
+
+def test_build_rollout_rejects_unknown_names_and_hf_options(tokenizer):
+    model = build_model("opt", tokenizer)
+    with pytest.raises(ValueError, match=r"'vllm'.*deepspeed, hf"):
+        build_rollout("vllm", model, tokenizer, generation_config(tokenizer))
+    with pytest.raises(ValueError, match="inference_tp_size"):
+        build_rollout("hf", model, tokenizer, generation_config(tokenizer), inference_tp_size=2)
+    assert isinstance(build_rollout("hf", model, tokenizer, generation_config(tokenizer)), HFRollout)
+
+
+def test_pad_after_end_matches_generate_format():
+    eos, pad = 1, 0
+    completions = torch.tensor([[5, 1, 7, 8, 9], [5, 6, 1, 1, 9], [5, 6, 7, 8, 9]])
+    expected = torch.tensor([[5, 1, 0, 0, 0], [5, 6, 1, 0, 0], [5, 6, 7, 8, 9]])
+    assert torch.equal(pad_after_end(completions, [eos], pad), expected)
+    # When every answer ends early the width shrinks to the longest one, as generate stops there.
+    assert torch.equal(pad_after_end(completions[:2], [eos], pad), expected[:2, :3])
+    assert torch.equal(pad_after_end(completions, [], pad), completions)
+
+
+def resolved(tokenizer, **settings) -> GenerationConfig:
+    return resolve_generation_config(generation_config(tokenizer, **settings), GenerationConfig())
+
+
+def test_rollout_engine_limitation_and_sampling_translation(tokenizer):
+    assert rollout_engine_limitation(resolved(tokenizer)) is None
+    assert "minimum" in rollout_engine_limitation(resolved(tokenizer, min_new_tokens=3))
+    assert rollout_engine_limitation(resolved(tokenizer, num_beams=2)) == "beam search"
+    assert sampling_config_from(resolved(tokenizer)).temperature == 0.0  # greedy in DeepSpeed's terms
+    sampled = sampling_config_from(resolved(tokenizer, do_sample=True, temperature=0.5, top_k=7, top_p=0.8))
+    assert (sampled.temperature, sampled.top_k, sampled.top_p, sampled.max_new_tokens) == (0.5, 7, 0.8, 12)
+    # Unset fields take the values generate would use (Transformers' default top-k is 50).
+    assert sampling_config_from(resolved(tokenizer, do_sample=True)).top_k == 50
+
+
+def test_generation_paths_are_exercised(tokenizer, monkeypatch):
+    """Greedy without a minimum length goes through DeepSpeed's rollout engine, a fixed length through generate."""
+    rollout = DeepSpeedRollout(build_model("llama", tokenizer), tokenizer, generation_config(tokenizer))
+    calls = []
+
+    def failing_rollout_engine(request, sampling):
+        calls.append((request.prompt_ids.shape, sampling.temperature))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(rollout.rollout_engine, "generate", failing_rollout_engine)
+    with pytest.raises(RuntimeError, match="stop here"):
+        rollout.generate(*prompts(tokenizer))
+    assert calls == [(prompts(tokenizer)[0].shape, 0.0)]
+    assert rollout.actor.training, "the actor goes back to training mode even when generation fails"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("architecture", ["opt", "llama"])
+@pytest.mark.parametrize("backend", ["hf", "deepspeed"])
+def test_greedy_matches_plain_generate_on_cuda(backend, architecture, tokenizer):
+    model = build_model(architecture, tokenizer).cuda()
+    config = generation_config(tokenizer)
+    ids, mask = (tensor.cuda() for tensor in prompts(tokenizer))
+    model.eval()
+    with torch.no_grad():
+        expected = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)[:, ids.shape[1] :]
+    rollout = build_rollout(backend, model, tokenizer, config)
+    assert torch.equal(rollout.generate(ids, mask), expected)
+    if backend == "deepspeed":
+        assert rollout.active_backend == (KERNELS if architecture == "llama" else HF_FALLBACK)
+
+
+def deepspeed_training_engine(module: nn.Module, zero_stage: int):
+    """The PPO trainer's layout under DeepSpeed: actor and critic in one engine with an optimizer."""
+    import deepspeed
+
+    from rlhf_trl.ppo.rollout_deepspeed import ensure_distributed_environment
+
+    ensure_distributed_environment()
+    config = {
+        "train_micro_batch_size_per_gpu": 2,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": zero_stage},
+        "optimizer": {"type": "AdamW", "params": {"lr": 0.05}},
+    }
+    engine, *_ = deepspeed.initialize(model=module, model_parameters=module.parameters(), config=config)
+    return engine
+
+
+def test_deepspeed_rollout_follows_zero2_training_steps(tokenizer):
+    actor = build_model("llama", tokenizer)
+    engine = deepspeed_training_engine(PolicyAndValue(actor, nn.Linear(2, 1)), zero_stage=2)
+    config = generation_config(tokenizer)
+    rollout = DeepSpeedRollout(engine, tokenizer, config)
+    assert rollout.active_backend == DEEPSPEED_WITHOUT_KERNELS and rollout.actor is actor
+    before = rollout.generate(*prompts(tokenizer))
+
+    ids, mask = prompts(tokenizer)
+    for _ in range(3):  # push the actor hard towards always answering "7"
+        logits = engine.module.policy(input_ids=ids, attention_mask=mask).logits
+        loss = nn.functional.cross_entropy(
+            logits[:, -1], torch.full((len(PROMPTS),), tokenizer.convert_tokens_to_ids("7"))
+        )
+        engine.backward(loss)
+        engine.step()
+    rollout.sync_weights()
+
+    after = rollout.generate(*prompts(tokenizer))
+    assert not torch.equal(after, before), "training must change what the actor generates"
+    assert torch.equal(after, reference_completions(actor, tokenizer, config))
+
+
+def test_zero3_partitioned_actor_falls_back_to_gathered_hf_generate(tokenizer):
+    actor = build_model("llama", tokenizer)
+    config = generation_config(tokenizer)
+    expected = reference_completions(actor, tokenizer, config)
+    engine = deepspeed_training_engine(PolicyAndValue(actor, nn.Linear(2, 1)), zero_stage=3)
+    rollout = DeepSpeedRollout(engine, tokenizer, config)
+    assert rollout.active_backend == HF_FALLBACK
+    assert "ZeRO-3" in rollout.fallback_reason
