@@ -61,6 +61,12 @@ class GenerationSettings:
     do_sample: bool = False
     batch_size: int = 16
 
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and batch_size ({self.batch_size}) must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (got {self.temperature}); use greedy decoding instead of 0")
+
 
 @dataclass
 class GeneratedBatch:
@@ -74,6 +80,20 @@ class GeneratedBatch:
     completion_ids: torch.LongTensor  # [batch, completion_len]
     completion_mask: torch.LongTensor  # [batch, completion_len]
     texts: list[str] = field(default_factory=list)
+
+
+def end_token_ids(model, tokenizer) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS and those of the model's generation config (chat models
+    often end a turn with their own token, such as ``<|im_end|>``)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    generation_config = getattr(model, "generation_config", None)
+    configured = generation_config.eos_token_id if generation_config is not None else None
+    for token_id in configured if isinstance(configured, list) else [configured]:
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation config names an end-of-text token")
+    return ids
 
 
 def user_turn_marker(tokenizer) -> str | None:
@@ -109,7 +129,8 @@ class ChatSession:
         # A marker made of special tokens vanishes when decoding without them, so it is also looked for in the ids.
         self.stop_token_sequences = [tokenizer.encode(marker, add_special_tokens=False)] if marker else []
         if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; batched generation needs one separate from EOS")
+            raise ValueError("the tokenizer has no pad token; batched generation needs one")
+        self.end_token_ids = end_token_ids(model, tokenizer)
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
 
     @classmethod
@@ -203,7 +224,7 @@ class ChatSession:
             attention_mask=prompt_mask,
             max_new_tokens=max_new_tokens,
             pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=self.end_token_ids,
             **sampling,
         )
         completion_ids = output[:, prompt_ids.shape[1] :]
@@ -215,7 +236,7 @@ class ChatSession:
 
     def _completion_mask(self, completion_ids: torch.LongTensor) -> torch.LongTensor:
         """1 up to and including the first end-of-text token of each row, 0 after it."""
-        is_end = completion_ids == self.tokenizer.eos_token_id
+        is_end = torch.isin(completion_ids, torch.tensor(self.end_token_ids, device=completion_ids.device))
         ends_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()  # end tokens strictly before each position
         return (ends_before == 0).long()
 

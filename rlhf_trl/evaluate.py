@@ -13,6 +13,7 @@ names the file, the record and the field.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import statistics
@@ -25,6 +26,7 @@ from rlhf_trl.chat import ChatSession, GenerationSettings
 
 logger = logging.getLogger(__name__)
 
+# Tasks whose module has ``gold_score(prompt, completion) -> float`` (the true quality of an answer).
 GOLD_SCORERS = {"tiny": "rlhf_trl.tiny.task"}
 
 
@@ -185,9 +187,7 @@ def gold_scorer(name: str | None):
         return None
     if name not in GOLD_SCORERS:
         raise EvalInputError(f"unknown gold scorer {name!r}; choose one of {sorted(GOLD_SCORERS)}")
-    from rlhf_trl.tiny.task import gold_score
-
-    return gold_score
+    return importlib.import_module(GOLD_SCORERS[name]).gold_score
 
 
 def gold_scores_of(scorer, prompts: list[str], answers: list[str]) -> list[float]:
@@ -199,6 +199,7 @@ def gold_scores_of(scorer, prompts: list[str], answers: list[str]) -> list[float
 
 def compare_sft(base_dir, model_dir, prompts: list[str], max_new_tokens: int = 64, gold: str | None = None) -> dict:
     """Greedy answers of the base and the fine-tuned model; ``{"records": [...], "summary": {...}}``."""
+    scorer = gold_scorer(gold)  # an unknown name fails before any model is loaded
     base_answers = generate_answers(base_dir, prompts, max_new_tokens)
     model_answers = generate_answers(model_dir, prompts, max_new_tokens)
     records = [
@@ -206,7 +207,6 @@ def compare_sft(base_dir, model_dir, prompts: list[str], max_new_tokens: int = 6
         for prompt, base, model in zip(prompts, base_answers, model_answers)
     ]
     summary = {"base": str(base_dir), "model": str(model_dir), "count": len(prompts)}
-    scorer = gold_scorer(gold)
     if scorer is not None:
         for name, answers in (("base", base_answers), ("model", model_answers)):
             scores = gold_scores_of(scorer, prompts, answers)
@@ -231,6 +231,32 @@ def completion_log_probs(model, batch, temperature: float) -> torch.Tensor:
     return log_probs.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, C]
 
 
+def sample_with_kl(actor: ChatSession, reference: ChatSession, prompts: list[str]) -> dict[str, list]:
+    """Answers of the actor with, per answer, the k1 KL estimate to the reference and the length in tokens.
+
+    KL of one answer: the sum over its tokens (up to and including the end-of-text token) of
+    log p_actor - log p_reference, both at the sampling temperature. Unbiased only for sampled answers.
+    """
+    settings = actor.settings
+    temperature = settings.temperature if settings.do_sample else 1.0
+    answers, kls, lengths = [], [], []
+    for start in range(0, len(prompts), settings.batch_size):
+        batch = actor.generate(prompts[start : start + settings.batch_size])
+        actor_log_probs = completion_log_probs(actor.model, batch, temperature)  # [B, C]
+        reference_log_probs = completion_log_probs(reference.model, batch, temperature)  # [B, C]
+        per_token = (actor_log_probs - reference_log_probs) * batch.completion_mask  # [B, C]
+        kls.extend(per_token.sum(dim=1).tolist())
+        lengths.extend(batch.completion_mask.sum(dim=1).tolist())
+        answers.extend(batch.texts)
+    return {"answers": answers, "kls": kls, "lengths": lengths}
+
+
+def win_rate(scores: list[float], other_scores: list[float]) -> float:
+    """Share of pairs where ``scores`` is higher; ties count one half."""
+    wins = [1.0 if mine > theirs else 0.5 if mine == theirs else 0.0 for mine, theirs in zip(scores, other_scores)]
+    return statistics.fmean(wins)
+
+
 def evaluate_ppo(
     actor_dir,
     reference_dir,
@@ -243,42 +269,29 @@ def evaluate_ppo(
     seed: int = 0,
     batch_size: int = 16,
 ) -> dict:
-    """Compare the PPO actor with its reference on the same prompts.
+    """Compare the PPO actor with its reference (SFT) model on the same prompts.
 
-    KL: per answer, the sum over the actor's sampled tokens of log p_actor - log p_reference (the k1 estimate,
-    unbiased only for sampled answers), averaged over answers. Win rate: share of prompts where the reward model
-    scores the actor's answer above the reference's (ties count one half).
+    Returns ``{"summary": {reward_mean, reference_reward_mean, kl_mean, response_length_mean, win_rate,
+    [gold_score_mean, reference_gold_score_mean], ...}, "records": [one per prompt]}``. The win rate is judged by
+    the reward model: the share of prompts where it scores the actor's answer above the reference's.
     """
+    scorer = gold_scorer(gold)  # an unknown name fails before any model is loaded
     torch.manual_seed(seed)
-    settings = GenerationSettings(max_new_tokens, temperature, do_sample, batch_size)
+    settings = GenerationSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, do_sample=do_sample, batch_size=batch_size
+    )
     actor = ChatSession.from_pretrained(actor_dir, settings)
     reference = ChatSession.from_pretrained(reference_dir, settings)
     if actor.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
         raise EvalInputError(f"{actor_dir} and {reference_dir} use different tokenizers: the KL cannot be measured")
-    actor_answers, reference_answers, kls, lengths = [], [], [], []
-    for start in range(0, len(prompts), batch_size):
-        batch = actor.generate(prompts[start : start + batch_size])
-        actor_log_probs = completion_log_probs(actor.model, batch, settings.temperature if do_sample else 1.0)
-        reference_log_probs = completion_log_probs(reference.model, batch, settings.temperature if do_sample else 1.0)
-        per_token = (actor_log_probs - reference_log_probs) * batch.completion_mask  # [B, C]
-        kls.extend(per_token.sum(dim=1).tolist())
-        lengths.extend(batch.completion_mask.sum(dim=1).tolist())
-        actor_answers.extend(batch.texts)
-        reference_answers.extend(reference.complete(prompts[start : start + batch_size]))
+    sampled = sample_with_kl(actor, reference, prompts)
+    actor_answers = sampled["answers"]
+    reference_answers = reference.complete(prompts)
     reward_model, reward_tokenizer = load_reward_model(reward_dir)
-    actor_scores = score_texts(
-        reward_model, reward_tokenizer, [join_prompt_answer(p, a) for p, a in zip(prompts, actor_answers)], batch_size
-    )
-    reference_scores = score_texts(
-        reward_model,
-        reward_tokenizer,
-        [join_prompt_answer(p, a) for p, a in zip(prompts, reference_answers)],
-        batch_size,
-    )
-    wins = [
-        1.0 if mine > theirs else 0.5 if mine == theirs else 0.0
-        for mine, theirs in zip(actor_scores, reference_scores)
-    ]
+    actor_texts = [join_prompt_answer(prompt, answer) for prompt, answer in zip(prompts, actor_answers)]
+    reference_texts = [join_prompt_answer(prompt, answer) for prompt, answer in zip(prompts, reference_answers)]
+    actor_scores = score_texts(reward_model, reward_tokenizer, actor_texts, batch_size)
+    reference_scores = score_texts(reward_model, reward_tokenizer, reference_texts, batch_size)
     summary = {
         "actor": str(actor_dir),
         "reference": str(reference_dir),
@@ -288,32 +301,25 @@ def evaluate_ppo(
         "temperature": temperature,
         "reward_mean": statistics.fmean(actor_scores),
         "reference_reward_mean": statistics.fmean(reference_scores),
-        "kl_mean": statistics.fmean(kls),
-        "response_length_mean": statistics.fmean(lengths),
-        "win_rate": statistics.fmean(wins),
+        "kl_mean": statistics.fmean(sampled["kls"]),
+        "response_length_mean": statistics.fmean(sampled["lengths"]),
+        "win_rate": win_rate(actor_scores, reference_scores),
     }
-    records = [
-        {
-            "prompt": prompt,
-            "actor": mine,
-            "reference": theirs,
-            "actor_score": my_score,
-            "reference_score": their_score,
-            "kl": kl,
-            "length": length,
-        }
-        for prompt, mine, theirs, my_score, their_score, kl, length in zip(
-            prompts, actor_answers, reference_answers, actor_scores, reference_scores, kls, lengths
-        )
-    ]
-    scorer = gold_scorer(gold)
+    columns = {
+        "prompt": prompts,
+        "actor": actor_answers,
+        "reference": reference_answers,
+        "actor_score": actor_scores,
+        "reference_score": reference_scores,
+        "kl": sampled["kls"],
+        "length": sampled["lengths"],
+    }
     if scorer is not None:
-        actor_gold = gold_scores_of(scorer, prompts, actor_answers)
-        reference_gold = gold_scores_of(scorer, prompts, reference_answers)
-        summary["gold_score_mean"] = statistics.fmean(actor_gold)
-        summary["reference_gold_score_mean"] = statistics.fmean(reference_gold)
-        for record, mine, theirs in zip(records, actor_gold, reference_gold):
-            record["actor_gold_score"], record["reference_gold_score"] = mine, theirs
+        columns["actor_gold_score"] = gold_scores_of(scorer, prompts, actor_answers)
+        columns["reference_gold_score"] = gold_scores_of(scorer, prompts, reference_answers)
+        summary["gold_score_mean"] = statistics.fmean(columns["actor_gold_score"])
+        summary["reference_gold_score_mean"] = statistics.fmean(columns["reference_gold_score"])
+    records = [{name: values[index] for name, values in columns.items()} for index in range(len(prompts))]
     return {"summary": summary, "records": records}
 
 

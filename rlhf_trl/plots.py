@@ -70,7 +70,7 @@ FIGURES = {
             "Reward-model score vs gold score (apart = reward hacking)",
             "reward-model score",
             (Curve("objective/score", "RM score"), Curve("objective/rlhf_reward", "RLHF reward (score - KL)")),
-            right=(Curve("objective/gold_score", "gold score"),),
+            right=(Curve("objective/gold_score", "gold score"), Curve("eval/gold_score", "held-out gold score")),
             right_label="gold score",
         ),
         Figure(
@@ -99,6 +99,16 @@ FIGURES = {
             "PPO losses",
             "loss",
             (Curve("policy/loss", "policy loss"), Curve("value/loss", "value loss")),
+        ),
+        Figure(
+            "time.png",
+            "Time per step (generation usually dominates)",
+            "seconds",
+            (
+                Curve("time/generation_s", "generation"),
+                Curve("time/scoring_s", "scoring"),
+                Curve("time/training_s", "training"),
+            ),
         ),
     ),
 }

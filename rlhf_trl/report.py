@@ -32,6 +32,7 @@ h1 { border-bottom: 2px solid #446; } h2 { margin-top: 2em; background: #eef; pa
 table { border-collapse: collapse; margin: .5em 0 1em; } td, th { border: 1px solid #ccc; padding: .25em .6em; }
 th { background: #f4f4f8; text-align: left; } td.number { text-align: right; font-family: monospace; }
 pre { background: #f6f6f6; padding: .6em; white-space: pre-wrap; word-break: break-all; }
+.tables { display: flex; flex-wrap: wrap; gap: 2em; align-items: flex-start; }
 .plots img { width: 48%; margin: 0 1% 1em 0; border: 1px solid #ddd; } .note { color: #a40; }
 .sample td { vertical-align: top; font-family: monospace; white-space: pre-wrap; }
 """
@@ -47,7 +48,9 @@ def escape(value) -> str:
 
 def format_value(value) -> str:
     """Numbers short and readable, structures as JSON, everything escaped."""
-    if isinstance(value, bool) or value is None:
+    if value is None:
+        return "&mdash;"
+    if isinstance(value, bool):
         return escape(value)
     if isinstance(value, float):
         return escape(f"{value:.6g}")
@@ -147,9 +150,12 @@ def run_info_section(run_info: dict | None) -> str:
         "LoRA": run_info.get("lora"),
         "wall time (s)": run_info.get("wall_time_s"),
     }
-    parts = [key_value_table({key: value for key, value in lineage.items() if value is not None}, "Lineage")]
-    parts.append(key_value_table(run_info.get("final_metrics") or {}, "Final metrics"))
-    parts.append(key_value_table(run_info.get("hyperparameters") or {}, "Hyperparameters"))
+    tables = [
+        key_value_table({key: value for key, value in lineage.items() if value is not None}, "Lineage"),
+        key_value_table(run_info.get("final_metrics") or {}, "Final metrics"),
+        key_value_table(run_info.get("hyperparameters") or {}, "Hyperparameters"),
+    ]
+    parts = ['<div class="tables">' + "".join(f"<div>{table}</div>" for table in tables if table) + "</div>"]
     if run_info.get("command"):
         parts.append(f"<h3>Command</h3><pre>{escape(run_info['command'])}</pre>")
     return "".join(parts)

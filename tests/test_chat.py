@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import OPTForCausalLM
+from transformers import GenerationConfig, OPTForCausalLM
 
 from rlhf_trl.chat import ChatSession, GenerationSettings, main, run_conversation, user_turn_marker
 from rlhf_trl.tiny.model import build_config, build_tokenizer
@@ -72,6 +72,23 @@ def test_completion_mask_covers_tokens_up_to_first_eos():
     pad = tokenizer.pad_token_id
     assert batch.completion_ids[0, 3:].tolist() == [pad, pad]  # tokens after the end are replaced by padding
     assert batch.texts == ["1 2"]
+
+
+def test_turn_end_token_of_generation_config_also_ends_the_answer():
+    tokenizer = build_tokenizer()
+    tokenizer.add_tokens(["<|end|>"], special_tokens=True)
+    model = ScriptedModel(tokenizer, "1 2 <|end|> 7 <eos>")
+    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids("<|end|>")])
+    session = ChatSession(model, tokenizer, GenerationSettings(max_new_tokens=5))
+    batch = session.generate(["Human: sort 2 1 Assistant:"])
+    assert batch.completion_mask.tolist() == [[1, 1, 1, 0, 0]]
+    assert batch.texts == ["1 2"]
+
+
+@pytest.mark.parametrize("settings", [{"max_new_tokens": 0}, {"temperature": 0.0}, {"batch_size": 0}])
+def test_invalid_generation_settings_are_refused(settings):
+    with pytest.raises(ValueError):
+        GenerationSettings(**settings)
 
 
 def test_history_is_kept_in_ds_chat_transcript_and_clear_resets_it():

@@ -22,6 +22,7 @@ from rlhf_trl.evaluate import (
     main,
     read_records,
     score_pairs,
+    win_rate,
 )
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 from rlhf_trl.tiny.task import gold_score, make_records
@@ -234,3 +235,7 @@ def test_join_prompt_answer_spacing():
     assert join_prompt_answer("Human: sort 2 1 Assistant:", "1 2") == "Human: sort 2 1 Assistant: 1 2"
     assert join_prompt_answer("Human: sort 2 1 Assistant:", " 1 2") == "Human: sort 2 1 Assistant: 1 2"
     assert join_prompt_answer("Human: sort 2 1 Assistant:", "") == "Human: sort 2 1 Assistant:"
+
+
+def test_win_rate_counts_ties_as_half():
+    assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)

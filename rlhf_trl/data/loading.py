@@ -105,6 +105,8 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
 
 
 def _source_kind(source: Source, rows: list[RawRows]) -> str:
+    if not sum(len(raw_rows) for raw_rows in rows):
+        raise DataValidationError(f"{source.label}: empty dataset (no records)", source=source.label, reason="empty")
     if source.adapter is not None:
         return source.adapter.kind
     return majority_kind((value for raw_rows in rows for _, value in raw_rows), source.label)

@@ -2,8 +2,9 @@
 
 Files: ``.json`` (a list of records, as DS-Chat's local json data; JSON lines are accepted too), ``.jsonl``,
 ``.parquet`` and ``.csv``. Folders: a ``datasets`` ``save_to_disk`` folder, or any folder of data files (e.g. a
-downloaded Hub repository), where files whose name or folder starts with ``train`` are training data and those
-starting with ``eval``/``validation``/``valid``/``dev``/``test`` are evaluation data.
+downloaded Hub repository), where files whose name or folder starts with ``train`` (or names no split) are training
+data and those starting with ``eval``/``validation``/``valid``/``dev``/``test`` are evaluation data (a registered
+dataset reads only its own eval split's files).
 
 Broken files raise ``DataValidationError`` naming the file; a broken line of a JSON-lines file is a broken *record*
 (it can be skipped with the others). Record numbers are 1-based; in JSON-lines files they are line numbers.
@@ -14,15 +15,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import DataValidationError, RecordProblem
 
+logger = logging.getLogger(__name__)
+
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet", ".csv")
-TRAIN_NAMES = ("train",)
-EVAL_NAMES = ("eval", "validation", "valid", "dev", "test")
+EVAL_NAMES = ("eval", "validation", "dev", "test")
 
 
 @dataclass
@@ -150,13 +153,15 @@ def is_saved_dataset(path: Path) -> bool:
 
 
 def split_of(relative: Path) -> str | None:
-    """'train', 'eval' or None (unnamed) from the first path part or file name that names a split."""
+    """The split a data file's path names ('train', 'validation', 'eval', 'dev', 'test'), or None.
+
+    The first folder or file name starting with a split word decides; 'valid...' counts as 'validation'.
+    """
     for part in [*relative.parent.parts, relative.name]:
         lowered = part.lower()
-        if lowered.startswith(EVAL_NAMES):
-            return "eval"
-        if lowered.startswith(TRAIN_NAMES):
-            return "train"
+        for word in ("train", "validation", "valid", "eval", "dev", "test"):
+            if lowered.startswith(word):
+                return "validation" if word == "valid" else word
     return None
 
 
@@ -204,9 +209,17 @@ def read_path(path: str | Path, pattern: str = "**/*", eval_split_names: tuple[s
     if not files:
         raise DataValidationError(f"{path}: no data files ({', '.join(DATA_SUFFIXES)}) in folder",
                                   source=str(path), reason="empty")
-    train, evaluation = [], []
+    train, evaluation, ignored = [], [], []
     for file in files:
-        (evaluation if split_of(file.relative_to(path)) == "eval" else train).append(read_file(file))
+        split = split_of(file.relative_to(path))
+        if split in (None, "train"):
+            train.append(read_file(file))
+        elif split in eval_split_names:
+            evaluation.append(read_file(file))
+        else:
+            ignored.append(file.name)  # e.g. a test split when the dataset evaluates on its validation split
+    if ignored:
+        logger.info("%s: files of other splits not read: %s", path, ", ".join(ignored))
     if not train:
         raise DataValidationError(f"{path}: only evaluation files found; name training files train*",
                                   source=str(path), reason="empty")

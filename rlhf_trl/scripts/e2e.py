@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
     parser.add_argument("--reward-model", default=None, help="base model of step 2 (default: the recipe's)")
     parser.add_argument(
+        "--reward-init",
+        default="recipe",
+        choices=["recipe", "sft"],
+        help="where step 2 starts: the recipe's (or --reward-model) base (DS-Chat), or step 1's output (InstructGPT)",
+    )
+    parser.add_argument(
         "--deployment-type", default="cpu", choices=["cpu", "single_gpu", "single_node", "multi_node"]
     )
     parser.add_argument("--step", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
@@ -64,7 +70,9 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
         arguments.append("--overwrite_output_dir")
     if step == 1 and args.actor_model:
         arguments += ["--model_name_or_path", args.actor_model]
-    if step == 2 and args.reward_model:
+    if step == 2 and args.reward_init == "sft":
+        arguments += ["--model_name_or_path", str(output / STEP_DIRS[1])]
+    elif step == 2 and args.reward_model:
         arguments += ["--model_name_or_path", args.reward_model]
     if step == 3:
         arguments += ["--model_name_or_path", str(output / STEP_DIRS[1])]
@@ -141,10 +149,27 @@ def print_samples(output: Path, count: int) -> None:
     Console().print(table)
 
 
+def parse_arguments(argv) -> argparse.Namespace:
+    """Command-line flags over the recipe's optional e2e.yaml defaults (keys are the flags' names)."""
+    import yaml
+
+    parser = build_parser()
+    known = parser.parse_args(argv)
+    defaults_file = recipe_dir(known.recipe) / "e2e.yaml"
+    if defaults_file.exists():
+        defaults = yaml.safe_load(defaults_file.read_text()) or {}
+        valid = {action.dest for action in parser._actions}
+        unknown = sorted(set(defaults) - valid)
+        if unknown:
+            raise SystemExit(f"error: {defaults_file}: unknown keys {unknown}")
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
 def main(argv=None) -> int:
     from rlhf_trl.launch import config_for_deployment, launch_command
 
-    args = build_parser().parse_args(argv)
+    args = parse_arguments(argv)
     recipe = recipe_dir(args.recipe)
     output = Path(args.output_dir)
     if output.exists() and any(output.iterdir()) and not args.overwrite_output_dir:

@@ -1,0 +1,40 @@
+"""Session fixtures: the tiny tokenizer and models, built locally (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Several test processes share two cores: one thread each avoids OpenMP oversubscription slowing everything down.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from rlhf_trl.tiny.model import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory):
+    """The pretrained tiny base model in a folder (the same builder `tiny-base` uses, in a private location)."""
+    from rlhf_trl.tiny.model import build_tiny_base
+
+    return build_tiny_base(tmp_path_factory.mktemp("tiny") / "base", steps=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_dir(tmp_path_factory, tiny_base_dir):
+    """A sequence-classification model saved from the tiny base (random score head): reward model and critic."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("tiny") / "reward"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_base_dir, num_labels=1)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_base_dir).save_pretrained(path)
+    return path
