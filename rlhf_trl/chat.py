@@ -293,12 +293,12 @@ def run_conversation(session: ChatSession, read_line, write) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     arguments = make_parser().parse_args(argv)
-    settings = GenerationSettings(
-        max_new_tokens=arguments.max_new_tokens, temperature=arguments.temperature, do_sample=arguments.do_sample
-    )
     try:
+        settings = GenerationSettings(
+            max_new_tokens=arguments.max_new_tokens, temperature=arguments.temperature, do_sample=arguments.do_sample
+        )
         session = ChatSession.from_pretrained(arguments.path, settings)
-    except (FileNotFoundError, OSError, ValueError) as error:
+    except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

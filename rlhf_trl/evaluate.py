@@ -379,11 +379,10 @@ def run_reward(arguments) -> None:
         [name, *(_number(result[f"{side}_stats"][name]) for side in ("chosen", "rejected"))]
         for name in ("mean", "std", "min", "q25", "median", "q75", "max")
     ]
-    _print_table(
-        f"Reward model {arguments.model}: {result['count']} pairs, accuracy {result['accuracy']:.4f}, "
-        f"mean margin {result['margin_mean']:.4f}",
-        ["score", "chosen", "rejected"],
-        statistics_rows,
+    _print_table("Reward-model scores", ["score", "chosen", "rejected"], statistics_rows)
+    print(
+        f"{arguments.model}: {result['count']} pairs, accuracy {result['accuracy']:.4f}, "
+        f"mean margin (chosen - rejected) {result['margin_mean']:.4f}"
     )
     if arguments.output:
         _write_json(arguments.output, result)
@@ -463,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     arguments = make_parser().parse_args(argv)
     try:
         arguments.run(arguments)
-    except (EvalInputError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input or settings (EvalInputError is a ValueError), missing files
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

@@ -111,12 +111,16 @@ def expand_rankings_to_pairs(dataset: Dataset) -> Dataset:
     (the way pairwise trainers have to consume ranked data)."""
     records = []
     for example in dataset:
-        responses, scores = example["responses"], example.get("scores") or list(range(len(example["responses"]), 0, -1))
+        responses, scores = (
+            example["responses"],
+            example.get("scores") or list(range(len(example["responses"]), 0, -1)),
+        )
         for first in range(len(responses)):
             for second in range(len(responses)):
                 if scores[first] > scores[second]:
-                    records.append({"prompt": example["prompt"], "chosen": responses[first],
-                                    "rejected": responses[second]})
+                    records.append(
+                        {"prompt": example["prompt"], "chosen": responses[first], "rejected": responses[second]}
+                    )
     return Dataset.from_list(records)
 
 
@@ -126,8 +130,9 @@ class KWiseRewardTrainer(RewardTrainer):
     ``per_device_train_batch_size`` counts prompts: a batch holds the sum of their answer counts as sequences.
     Logged metrics: ``accuracy`` over all ordered pairs, ``top1_accuracy`` (best answer gets the highest reward),
     ``margin``, ``min/mean/max_reward``, and the mean rewards of the best- and worst-scored answers
-    (``best_answer_reward``, ``worst_answer_reward``: the ranking analogues of chosen and rejected rewards). ``max_length`` drops over-long answers from a ranking (counted in the
-    log) and drops a ranking that has fewer than two differently scored answers left.
+    (``best_answer_reward``, ``worst_answer_reward``: the ranking analogues of chosen and rejected rewards).
+    ``max_length`` drops over-long answers from a ranking (counted in the log) and drops a ranking that has fewer
+    than two differently scored answers left.
     """
 
     _tag_names = ["trl", "reward-trainer", "kwise"]
@@ -146,11 +151,18 @@ class KWiseRewardTrainer(RewardTrainer):
             return dataset  # already tokenized
         if "responses" not in column_names:
             if not {"chosen", "rejected"} <= set(column_names):
-                raise ValueError(f"{dataset_name} dataset needs 'responses' (+ 'scores') or 'chosen'/'rejected' columns")
+                raise ValueError(
+                    f"{dataset_name} dataset needs 'responses' (+ 'scores') or 'chosen'/'rejected' columns"
+                )
             dataset = pairs_as_rankings(dataset)
         if "scores" not in dataset.column_names:
-            dataset = dataset.map(lambda example: {"scores": [float(len(example["responses"]) - position)
-                                                              for position in range(len(example["responses"]))]})
+            dataset = dataset.map(
+                lambda example: {
+                    "scores": [
+                        float(len(example["responses"]) - position) for position in range(len(example["responses"]))
+                    ]
+                }
+            )
         eos_token_id = processing_class.eos_token_id
 
         def tokenize(example: dict) -> dict:
@@ -191,7 +203,10 @@ class KWiseRewardTrainer(RewardTrainer):
         if dropped_answers or dropped_rankings:
             logger.warning(
                 "%s: %d answers longer than max_length=%d dropped; %d rankings left with no pair dropped",
-                dataset_name, dropped_answers, max_length, dropped_rankings,
+                dataset_name,
+                dropped_answers,
+                max_length,
+                dropped_rankings,
             )
         return kept
 

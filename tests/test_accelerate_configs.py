@@ -145,7 +145,7 @@ def test_deepspeed_cpu_configs_train_through_accelerate_launch(config_name, tmp_
 def test_two_torchrun_ranks_train_data_parallel_on_cpu(tmp_path):
     report = tmp_path / "report"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         str(SMOKE_DIR / "accelerate_smoke.py"), "--report", str(report), "--steps", "4", "--batch-size", "4",
     ]  # fmt: skip
     reports = run_smoke(command, report, extra_env={"ACCELERATE_USE_CPU": "true"})

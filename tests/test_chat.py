@@ -185,3 +185,15 @@ def test_command_help_and_missing_folder(tmp_path, capsys):
     assert "--max-new-tokens" in capsys.readouterr().out
     assert main(["--path", str(tmp_path / "nothing")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_lora_adapter_folder_chats_like_the_merged_model(tmp_path, tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+
+    base = OPTForCausalLM.from_pretrained(tiny_model_dir)
+    adapter = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    adapter.save_pretrained(tmp_path / "adapter")  # no tokenizer saved: it comes from the base model
+    prompts = ["Human: sort 3 1 4 Assistant:", "Human: sort 7 7 0 Assistant:"]
+    from_adapter = ChatSession.from_pretrained(tmp_path / "adapter", GenerationSettings(max_new_tokens=5))
+    merged = ChatSession(adapter.merge_and_unload().eval(), build_tokenizer(), GenerationSettings(max_new_tokens=5))
+    assert from_adapter.complete(prompts) == merged.complete(prompts)

@@ -27,7 +27,9 @@ def test_multi_turn_transcript_to_messages():
     ]
     anthropic_style = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: A joke, please."
     assert [message["content"] for message in transcript_to_messages(anthropic_style)] == [
-        "Hi there", "Hello! How can I help?", "A joke, please.",
+        "Hi there",
+        "Hello! How can I help?",
+        "A joke, please.",
     ]
     assert transcript_to_messages("just a question") == [{"role": "user", "content": "just a question"}]
     # A marker glued to a word is text, not a turn.
@@ -36,8 +38,11 @@ def test_multi_turn_transcript_to_messages():
 
 
 def test_messages_to_transcript():
-    messages = [{"role": "user", "content": "sort 3 1"}, {"role": "assistant", "content": "1 3"},
-                {"role": "user", "content": "again"}]
+    messages = [
+        {"role": "user", "content": "sort 3 1"},
+        {"role": "assistant", "content": "1 3"},
+        {"role": "user", "content": "again"},
+    ]
     assert messages_to_transcript(messages) == "Human: sort 3 1 Assistant: 1 3 Human: again"
     assert messages_to_transcript(messages, add_generation_prompt=True).endswith("Human: again Assistant:")
     assert messages_to_transcript(messages[:2], separator="\n\n") == "Human: sort 3 1\n\nAssistant: 1 3"
@@ -45,12 +50,14 @@ def test_messages_to_transcript():
         messages_to_transcript([{"role": "tool", "content": "42"}])
 
 
-words = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Zs", "Zl", "Zp"]),
-                min_size=1, max_size=8).filter(lambda word: not word.endswith(":"))
+words = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs", "Cc", "Zs", "Zl", "Zp"]), min_size=1, max_size=8
+).filter(lambda word: not word.endswith(":"))
 contents = st.lists(words, min_size=1, max_size=5).map(" ".join)
 messages_strategy = st.lists(
     st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system"]), "content": contents}),
-    min_size=1, max_size=6,
+    min_size=1,
+    max_size=6,
 ).filter(lambda messages: messages[0]["role"] != "assistant" or len(messages) > 1 or True)
 
 
@@ -103,8 +110,11 @@ def test_messages_file_as_text_records(tmp_path):
 
 def test_text_and_chat_sources_do_not_mix_silently(tmp_path):
     chat = tmp_path / "chat.jsonl"
-    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
-                                             {"role": "assistant", "content": "hello"}]}) + "\n", encoding="utf-8")
+    chat.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]})
+        + "\n",
+        encoding="utf-8",
+    )
     text = tmp_path / "text.jsonl"
     text.write_text(json.dumps({"prompt": "Human: hey Assistant:", "completion": " yo"}) + "\n", encoding="utf-8")
     with pytest.raises(DataValidationError, match="mixes text records .* conversational"):
@@ -112,21 +122,30 @@ def test_text_and_chat_sources_do_not_mix_silently(tmp_path):
     mixed = load_step_datasets(DataArguments(datasets=[str(chat), str(text)], record_format="conversational"), 1)
     rows = sorted(mixed.train, key=lambda row: row["prompt"][0]["content"])
     assert rows[0]["prompt"] == [{"role": "user", "content": "hey"}]
-    assert rows[1] == {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant",
-                                                                                         "content": "hello"}]}
+    assert rows[1] == {
+        "prompt": [{"role": "user", "content": "hi"}],
+        "completion": [{"role": "assistant", "content": "hello"}],
+    }
 
 
 def test_conversational_pairs_with_implicit_prompt(tmp_path):
     shared = [{"role": "user", "content": "name a colour"}]
-    records = [{"chosen": [*shared, {"role": "assistant", "content": f"blue {index}"}],
-                "rejected": [*shared, {"role": "assistant", "content": f"no {index}"}]} for index in range(3)]
+    records = [
+        {
+            "chosen": [*shared, {"role": "assistant", "content": f"blue {index}"}],
+            "rejected": [*shared, {"role": "assistant", "content": f"no {index}"}],
+        }
+        for index in range(3)
+    ]
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in records), encoding="utf-8")
     loaded = load_step_datasets(DataArguments(datasets=[str(path)], data_split="0,1,0", eval_split_ratio=0), 2)
     row = loaded.train[0]
     assert row["prompt"] == shared and row["chosen"][0]["role"] == "assistant" and len(row["rejected"]) == 1
     text_path = tmp_path / "text_pairs.jsonl"
-    text_path.write_text(json.dumps({"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: go"})
-                         + "\n", encoding="utf-8")
+    text_path.write_text(
+        json.dumps({"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: go"}) + "\n",
+        encoding="utf-8",
+    )
     text_row = load_step_datasets(DataArguments(datasets=[str(text_path)], data_split="0,1,0"), 2).train[0]
     assert text_row == {"prompt": "Human: hi Assistant:", "chosen": " hello", "rejected": " go"}

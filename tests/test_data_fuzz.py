@@ -14,7 +14,11 @@ from rlhf_trl.data import DataArguments, DataValidationError, load_step_datasets
 
 FIELDS = ["prompt", "chosen", "rejected", "completion", "messages", "responses", "scores", "role", "content", "x"]
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True), st.text(max_size=12),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
     st.sampled_from(["Human: hi Assistant:", " answer", "", "Assistant:", "user", "assistant"]),
 )
 json_values = st.recursive(
@@ -34,8 +38,10 @@ def _content(suffix: str, items: list, raw: bytes | None) -> bytes:
     if suffix == ".jsonl":
         return "".join(json.dumps(item) + "\n" for item in items).encode()
     if suffix == ".csv":
-        lines = ["prompt,chosen,rejected", *(",".join(str(value) for value in item.values()) for item in items
-                                            if isinstance(item, dict))]
+        lines = [
+            "prompt,chosen,rejected",
+            *(",".join(str(value) for value in item.values()) for item in items if isinstance(item, dict)),
+        ]
         return "\n".join(lines).encode()
     return json.dumps(items).encode()
 
@@ -57,8 +63,11 @@ def test_only_data_validation_errors(items, raw, suffix, step, skip, record_form
         path = Path(folder) / f"data{suffix}"
         path.write_bytes(_content(suffix, items, raw))
         args = DataArguments(
-            datasets=[str(path)], skip_invalid_records=skip, record_format=record_format,
-            max_prompt_length_chars=max_prompt, data_split="1,1,1",
+            datasets=[str(path)],
+            skip_invalid_records=skip,
+            record_format=record_format,
+            max_prompt_length_chars=max_prompt,
+            data_split="1,1,1",
         )
         try:
             loaded = load_step_datasets(args, step)

@@ -135,8 +135,11 @@ def test_wrong_encoding(tmp_path):
         load(str(latin))
     lines = tmp_path / "latin.jsonl"
     content = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in good_records(4))
-    lines.write_bytes(content.encode("utf-8") + json.dumps({**GOOD, "chosen": " caf\u00e9"}, ensure_ascii=False)
-                      .encode("latin-1") + b"\n")
+    lines.write_bytes(
+        content.encode("utf-8")
+        + json.dumps({**GOOD, "chosen": " caf\u00e9"}, ensure_ascii=False).encode("latin-1")
+        + b"\n"
+    )
     with pytest.raises(DataValidationError, match=r"latin.jsonl, record 5: unreadable record \(not valid UTF-8"):
         load(str(lines))
     assert load(str(lines), skip_invalid_records=True).summary.counts_by_reason == {"unreadable record": 1}
@@ -153,8 +156,11 @@ def test_record_that_is_not_an_object(tmp_path):
 
 def test_csv_rows_with_wrong_cell_counts(tmp_path):
     path = tmp_path / "pairs.csv"
-    path.write_text('prompt,chosen,rejected\n"Human: a Assistant:", yes, no\n"Human: b Assistant:", yes, no, extra\n'
-                    '"Human: c Assistant:", yes\n', encoding="utf-8")
+    path.write_text(
+        'prompt,chosen,rejected\n"Human: a Assistant:", yes, no\n"Human: b Assistant:", yes, no, extra\n'
+        '"Human: c Assistant:", yes\n',
+        encoding="utf-8",
+    )
     loaded = load(str(path), skip_invalid_records=True, data_split="0,1,0", eval_split_ratio=0)
     assert loaded.train["prompt"] == ["Human: a Assistant:"]
     assert loaded.summary.counts_by_reason == {"unreadable record": 1, "missing field: rejected": 1}
@@ -176,8 +182,10 @@ def test_bad_rankings(tmp_path, ranking, field, detail):
     good = [{"prompt": f"Human: q{index} Assistant:", "responses": [" x", " y"]} for index in range(3)]
     path = tmp_path / "ranks.jsonl"
     # json.dumps writes NaN, which Python's json reads back: the check must catch it.
-    path.write_text("".join(json.dumps(record) + "\n" for record in [*good, {"prompt": "Human: q Assistant:",
-                                                                              **ranking}]), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(record) + "\n" for record in [*good, {"prompt": "Human: q Assistant:", **ranking}]),
+        encoding="utf-8",
+    )
     with pytest.raises(DataValidationError, match=f"record 4, field '{field}'.*{detail}"):
         load(str(path))
 

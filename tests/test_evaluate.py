@@ -239,3 +239,23 @@ def test_join_prompt_answer_spacing():
 
 def test_win_rate_counts_ties_as_half():
     assert win_rate([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+
+
+def test_lora_reward_model_scores_like_the_model_that_was_saved(tmp_path, models):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(models["reward"])
+    config = LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    adapter = get_peft_model(base, config)
+    with torch.no_grad():
+        adapter.base_model.model.score.modules_to_save["default"].weight.mul_(-3.0)  # a trained head of its own
+    adapter.eval()
+    adapter.save_pretrained(tmp_path / "reward-lora")
+    records = make_records("reward", 4)
+    result = score_pairs(tmp_path / "reward-lora", records)
+    tokenizer = build_tokenizer()
+    texts = [record["prompt"] + record["chosen"] + tokenizer.eos_token for record in records]
+    with torch.no_grad():
+        expected = [adapter(**tokenizer(text, return_tensors="pt")).logits[0, 0].item() for text in texts]
+    assert result["chosen"] == pytest.approx(expected, abs=1e-5)

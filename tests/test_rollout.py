@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import pytest
 import torch
 from torch import nn
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, OPTForCausalLM
+from transformers import (
+    AutoModelForSequenceClassification,
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    OPTForCausalLM,
+)
 
+from rlhf_trl.ppo.modeling import PolicyAndValueWrapper
 from rlhf_trl.ppo.rollout import HFRollout
 from rlhf_trl.ppo.rollout_deepspeed import (
     DEEPSPEED_WITHOUT_KERNELS,
@@ -142,24 +150,20 @@ def test_cpu_actor_warns_that_kernels_are_cuda_only(tokenizer, caplog):
     assert any("CUDA only" in record.getMessage() for record in caplog.records)
 
 
-class PolicyAndValue(nn.Module):
-    """Shape of what the PPO trainer prepares: actor and critic trained as one module."""
-
-    def __init__(self, policy, value_model):
-        super().__init__()
-        self.policy = policy
-        self.value_model = value_model
+def trainer_wrapper(actor) -> PolicyAndValueWrapper:
+    """What the PPO trainer prepares: actor and critic (a one-label sequence classifier) as one module."""
+    critic_config = copy.deepcopy(actor.config)
+    critic_config.num_labels = 1
+    return PolicyAndValueWrapper(actor, AutoModelForSequenceClassification.from_config(critic_config))
 
 
 def test_policy_is_found_inside_trainer_wrapper(tokenizer):
     actor = build_model("llama", tokenizer)
     config = generation_config(tokenizer)
     expected = reference_completions(actor, tokenizer, config)
-    wrapper = PolicyAndValue(actor, nn.Linear(2, 1))
-    for backend in ["deepspeed"]:
-        rollout = build_rollout(backend, wrapper, tokenizer, config)
-        assert rollout.actor is actor
-        assert torch.equal(rollout.generate(*prompts(tokenizer)), expected)
+    rollout = build_rollout("deepspeed", trainer_wrapper(actor), tokenizer, config)
+    assert rollout.actor is actor
+    assert torch.equal(rollout.generate(*prompts(tokenizer)), expected)
 
 
 @pytest.mark.parametrize("architecture", ["opt", "llama"])
@@ -186,6 +190,8 @@ def test_build_rollout_rejects_unknown_names_and_hf_options(tokenizer):
         build_rollout("vllm", model, tokenizer, generation_config(tokenizer))
     with pytest.raises(ValueError, match="inference_tp_size"):
         build_rollout("hf", model, tokenizer, generation_config(tokenizer), inference_tp_size=2)
+    with pytest.raises(TypeError, match="cuda_graph_decode"):
+        build_rollout("deepspeed", model, tokenizer, generation_config(tokenizer), cuda_graph_decode=True)
     assert isinstance(build_rollout("hf", model, tokenizer, generation_config(tokenizer)), HFRollout)
 
 
@@ -251,9 +257,8 @@ def deepspeed_training_engine(module: nn.Module, zero_stage: int):
     """The PPO trainer's layout under DeepSpeed: actor and critic in one engine with an optimizer."""
     import deepspeed
 
-    from rlhf_trl.ppo.rollout_deepspeed import ensure_distributed_environment
+    from rlhf_trl.ppo.rollout_deepspeed import distributed_environment
 
-    ensure_distributed_environment()
     config = {
         "train_micro_batch_size_per_gpu": 2,
         "gradient_accumulation_steps": 1,
@@ -262,13 +267,14 @@ def deepspeed_training_engine(module: nn.Module, zero_stage: int):
     }
     # A torch optimizer: DeepSpeed's own AdamW would compile its CPU extension first (minutes).
     optimizer = torch.optim.SGD(module.parameters(), lr=0.5)
-    engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
+    with distributed_environment():
+        engine, *_ = deepspeed.initialize(model=module, optimizer=optimizer, config=config)
     return engine
 
 
 def test_deepspeed_rollout_follows_zero2_training_steps(tokenizer):
     actor = build_model("llama", tokenizer)
-    engine = deepspeed_training_engine(PolicyAndValue(actor, nn.Linear(2, 1)), zero_stage=2)
+    engine = deepspeed_training_engine(trainer_wrapper(actor), zero_stage=2)
     config = generation_config(tokenizer)
     rollout = DeepSpeedRollout(engine, tokenizer, config)
     assert rollout.active_backend == DEEPSPEED_WITHOUT_KERNELS and rollout.actor is actor
@@ -293,7 +299,7 @@ def test_zero3_partitioned_actor_falls_back_to_gathered_hf_generate(tokenizer):
     actor = build_model("llama", tokenizer)
     config = generation_config(tokenizer)
     expected = reference_completions(actor, tokenizer, config)
-    engine = deepspeed_training_engine(PolicyAndValue(actor, nn.Linear(2, 1)), zero_stage=3)
+    engine = deepspeed_training_engine(trainer_wrapper(actor), zero_stage=3)
     rollout = DeepSpeedRollout(engine, tokenizer, config)
     assert rollout.active_backend == HF_FALLBACK
     assert "ZeRO-3" in rollout.fallback_reason

@@ -156,7 +156,11 @@ DS_CHAT_ADAPTERS = [
     DatasetAdapter("wangrui6/Zhihu-KOL", convert_instruction_response, SFT, eval_split=None),
     DatasetAdapter("Cohere/miracl-zh-queries-22-12", convert_miracl, PAIRWISE, eval_split="dev"),
     DatasetAdapter(
-        "Hello-SimpleAI/HC3-Chinese", convert_hc3, SFT, hub_config="all", eval_split=None,
+        "Hello-SimpleAI/HC3-Chinese",
+        convert_hc3,
+        SFT,
+        hub_config="all",
+        eval_split=None,
         local_file_pattern="**/all.jsonl",
     ),
     DatasetAdapter("mkqa-Chinese", mkqa_converter("zh_cn"), SFT, hub_path="apple/mkqa", eval_split=None),

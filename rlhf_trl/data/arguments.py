@@ -85,35 +85,41 @@ class DataArguments:
     )
     eval_datasets: list[str] | None = field(
         default=None,
-        metadata={"help": "Explicit evaluation sources (same forms as --datasets); otherwise the sources' own eval "
-                  "splits or an automatic seeded split of --eval_split_ratio."},
+        metadata={
+            "help": "Explicit evaluation sources (same forms as --datasets); otherwise the sources' own eval "
+            "splits or an automatic seeded split of --eval_split_ratio."
+        },
     )
     eval_split_ratio: float = field(
         default=0.05,
-        metadata={"help": "Share of a step's records held out for evaluation when a source has no eval split. "
-                  "0 disables the automatic eval split."},
+        metadata={
+            "help": "Share of a step's records held out for evaluation when a source has no eval split. "
+            "0 disables the automatic eval split."
+        },
     )
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep at most this many training records (after mixing and shuffling)."}
     )
-    max_eval_samples: int | None = field(
-        default=None, metadata={"help": "Keep at most this many evaluation records."}
-    )
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep at most this many evaluation records."})
     max_prompt_length_chars: int | None = field(
         default=None, metadata={"help": "Prompts longer than this many characters are invalid records."}
     )
     skip_invalid_records: bool = field(
         default=False,
-        metadata={"help": "Skip invalid records and count them in the printed summary instead of stopping with an "
-                  "error naming the file, record and field."},
+        metadata={
+            "help": "Skip invalid records and count them in the printed summary instead of stopping with an "
+            "error naming the file, record and field."
+        },
     )
     data_split_seed: int = field(
         default=1234, metadata={"help": "Seed of the step shares, the eval split, mixing and shuffling."}
     )
     data_cache_dir: str | None = field(
         default=None,
-        metadata={"help": "Folder for processed data, keyed by a fingerprint of the source contents and these "
-                  "arguments; a changed file gets a new entry. Unset: no cache."},
+        metadata={
+            "help": "Folder for processed data, keyed by a fingerprint of the source contents and these "
+            "arguments; a changed file gets a new entry. Unset: no cache."
+        },
     )
     record_format: str = field(
         default="auto",

@@ -57,6 +57,8 @@ def messages_to_transcript(messages: list[dict], add_generation_prompt: bool = F
 
 def _answer_to_messages(text: str) -> list[dict]:
     # An answer continues after the prompt's "Assistant:" cue and may run on into further turns.
+    if not text.strip():
+        return [{"role": "assistant", "content": ""}]  # a blank (rejected) answer stays one, blank, message
     return transcript_to_messages("Assistant: " + text)
 
 
@@ -65,7 +67,7 @@ def _answer_to_text(messages: list[dict]) -> str:
     prefix = "Assistant:"
     if not transcript.startswith(prefix):
         raise ValueError("a conversational answer must start with an assistant message")
-    return transcript[len(prefix):]
+    return transcript[len(prefix) :]
 
 
 def record_to_conversational(record: dict) -> dict:
@@ -109,9 +111,11 @@ def record_to_text(record: dict) -> dict:
 
 
 def _check_nonempty_turns(record: dict) -> None:
+    """Turns split out of a transcript must have text, except blank answers where blank answers are allowed."""
     names = ("prompt", "completion", "chosen", "rejected", "messages")
     lists = [(name, record[name]) for name in names if name in record]
     lists.extend(("responses", answer) for answer in record.get("responses", []))
     for name, messages in lists:
-        if not messages or any(not message["content"] for message in messages):
+        blank_allowed = name in ("rejected", "responses")
+        if not messages or any(not message["content"] and not blank_allowed for message in messages):
             raise RecordProblem(name, "invalid messages", "a turn of the transcript is empty")

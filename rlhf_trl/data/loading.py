@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import datasets
 
+from . import tiny_sort
 from .arguments import DataArguments
 from .cache import cache_key, load_entry, save_entry
 from .conversation import record_to_conversational, record_to_text
@@ -32,7 +33,6 @@ from .records import (
 from .sources import Source, resolve_source
 from .splits import apply_weight, derived_seed, eval_holdout, shuffled, step_share_indices
 from .summary import SourceReport, ValidationSummary
-from . import tiny_sort
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
     key = None
     if args.data_cache_dir:
         key = cache_key(
-            args, step,
+            args,
+            step,
             [(source.label, source.fingerprint()) for source in sources],
             [(source.label, source.fingerprint()) for source in eval_sources],
         )
@@ -91,7 +92,8 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
         raise DataValidationError(
             f"no training records for step {step} in {', '.join(args.datasets)}: "
             + "; ".join(note for report in summary.sources for note in report.notes),
-            source=", ".join(args.datasets), reason="empty",
+            source=", ".join(args.datasets),
+            reason="empty",
         )
     train = _to_dataset(train_records, "train")
     evaluation = _to_dataset(eval_records, "eval") if eval_records else None
@@ -134,7 +136,8 @@ def _prepare_source(source: Source, step: int, args: DataArguments, report: Sour
         if not split_by_step:
             return None
         count = sum(len(raw_rows) for raw_rows in rows)
-        seed = derived_seed(args.data_split_seed, "steps", purpose, source.label)
+        # The seed does not depend on the source's name or path: moving a file must not reshuffle its steps.
+        seed = derived_seed(args.data_split_seed, "steps", purpose)
         return set(step_share_indices(count, shares, seed)[step - 1])
 
     part.train = _check_rows(train_rows, source, kind, step, args, report, keep(train_rows, "train"))
@@ -145,8 +148,8 @@ def _prepare_source(source: Source, step: int, args: DataArguments, report: Sour
     if eval_rows and sum(len(raw_rows) for raw_rows in eval_rows):
         part.eval = _check_rows(eval_rows, source, kind, step, args, report, keep(eval_rows, "eval"))
     else:
-        held_out = eval_holdout(len(part.train), args.eval_split_ratio, derived_seed(args.data_split_seed, "holdout",
-                                                                                    source.label, step))
+        seed = derived_seed(args.data_split_seed, "holdout", step)
+        held_out = eval_holdout(len(part.train), args.eval_split_ratio, seed)
         part.eval = [record for position, record in enumerate(part.train) if position in held_out]
         part.train = [record for position, record in enumerate(part.train) if position not in held_out]
         if held_out:
@@ -182,7 +185,12 @@ def _convert(value: object, source: Source, kind: str, step: int, args: DataArgu
 
 
 def _check_rows(
-    rows: list[RawRows], source: Source, kind: str, step: int, args: DataArguments, report: SourceReport,
+    rows: list[RawRows],
+    source: Source,
+    kind: str,
+    step: int,
+    args: DataArguments,
+    report: SourceReport,
     keep: set[int] | None,
 ) -> list[dict]:
     """Checked step records of ``rows`` whose running index is in ``keep`` (None: all).
@@ -218,7 +226,8 @@ def _check_rows(
         reasons = ", ".join(f"{count} x {reason}" for reason, count in report.skipped.most_common(3))
         raise DataValidationError(
             f"{source.label}: none of its {read} records is usable ({reasons or 'all filtered'})",
-            source=source.label, reason="all records invalid",
+            source=source.label,
+            reason="all records invalid",
         )
     return records
 
@@ -233,7 +242,8 @@ def _harmonize(parts: list[_SourcePart], step: int) -> None:
         raise DataValidationError(
             f"step {step} mixes text records ({formats[False]}) and conversational records ({formats[True]}); "
             "set --record_format text or --record_format conversational",
-            source=f"{formats[False]}, {formats[True]}", reason="mixed formats",
+            source=f"{formats[False]}, {formats[True]}",
+            reason="mixed formats",
         )
     records = [record for part in parts for record in [*part.train, *part.eval]]
     keys = {key for record in records for key in record}
@@ -243,7 +253,9 @@ def _harmonize(parts: list[_SourcePart], step: int) -> None:
                 part.train = [_as_prompt_completion(record) for record in part.train]
                 part.eval = [_as_prompt_completion(record) for record in part.eval]
         except RecordProblem as problem:
-            raise DataValidationError.for_record(part.label, None, problem.field, problem.reason, problem.detail)
+            raise DataValidationError.for_record(
+                part.label, None, problem.field, problem.reason, problem.detail
+            ) from None
         if step == 2 and "responses" in keys and "chosen" in keys:
             part.train = [pair_to_ranking(record) if "chosen" in record else record for record in part.train]
             part.eval = [pair_to_ranking(record) if "chosen" in record else record for record in part.eval]

@@ -56,7 +56,8 @@ def _decode(path: Path, data: bytes) -> str:
         line = data[: error.start].count(b"\n") + 1
         raise DataValidationError(
             f"{path}: not valid UTF-8 text at line {line} (byte {error.start}); save the file as UTF-8",
-            source=str(path), reason="wrong encoding",
+            source=str(path),
+            reason="wrong encoding",
         ) from error
 
 
@@ -64,8 +65,9 @@ def _read_bytes(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as error:
-        raise DataValidationError(f"{path}: cannot read file ({error.strerror or error})", source=str(path),
-                                  reason="unreadable file") from error
+        raise DataValidationError(
+            f"{path}: cannot read file ({error.strerror or error})", source=str(path), reason="unreadable file"
+        ) from error
 
 
 def read_json_lines(path: Path, data: bytes) -> RawRows:
@@ -93,12 +95,17 @@ def read_json(path: Path, data: bytes) -> RawRows:
     except ValueError as error:
         if text.lstrip().startswith("{") and text.count("\n") > 0:
             return read_json_lines(path, data)
-        raise DataValidationError(f"{path}: not valid JSON ({error})", source=str(path), reason="unreadable file")
+        raise DataValidationError(
+            f"{path}: not valid JSON ({error})", source=str(path), reason="unreadable file"
+        ) from None
     if isinstance(value, dict):
         value = [value]  # a file holding a single record
     if not isinstance(value, list):
-        raise DataValidationError(f"{path}: expected a JSON list of records, got {type(value).__name__}",
-                                  source=str(path), reason="unreadable file")
+        raise DataValidationError(
+            f"{path}: expected a JSON list of records, got {type(value).__name__}",
+            source=str(path),
+            reason="unreadable file",
+        )
     return RawRows(str(path), list(enumerate(value, start=1)))
 
 
@@ -115,8 +122,9 @@ def read_csv(path: Path, data: bytes) -> RawRows:
                 # A row shorter than the header fills None: that reads as a missing field.
                 items.append((number, dict(row)))
     except csv.Error as error:
-        raise DataValidationError(f"{path}: not valid CSV at line {reader.line_num} ({error})", source=str(path),
-                                  reason="unreadable file") from error
+        raise DataValidationError(
+            f"{path}: not valid CSV at line {reader.line_num} ({error})", source=str(path), reason="unreadable file"
+        ) from error
     if reader.fieldnames is None:
         raise DataValidationError(f"{path}: empty CSV file (no header row)", source=str(path), reason="empty")
     return RawRows(str(path), items)
@@ -129,8 +137,9 @@ def read_parquet(path: Path, data: bytes) -> RawRows:
     try:
         table = pyarrow.parquet.read_table(pyarrow.BufferReader(data))
     except (pyarrow.ArrowException, OSError, ValueError) as error:
-        raise DataValidationError(f"{path}: not a readable Parquet file ({error})", source=str(path),
-                                  reason="unreadable file") from error
+        raise DataValidationError(
+            f"{path}: not a readable Parquet file ({error})", source=str(path), reason="unreadable file"
+        ) from error
     return RawRows(str(path), list(enumerate(table.to_pylist(), start=1)))
 
 
@@ -142,8 +151,11 @@ def read_file(path: str | Path) -> RawRows:
     path = Path(path)
     reader = READERS.get(path.suffix.lower())
     if reader is None:
-        raise DataValidationError(f"{path}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}",
-                                  source=str(path), reason="unreadable file")
+        raise DataValidationError(
+            f"{path}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}",
+            source=str(path),
+            reason="unreadable file",
+        )
     return reader(path, _read_bytes(path))
 
 
@@ -183,16 +195,18 @@ def read_saved_dataset(path: Path, eval_split_names: tuple[str, ...] = EVAL_NAME
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as error:  # datasets raises many types for a damaged folder; all mean the same here
-        raise DataValidationError(f"{path}: cannot load saved dataset ({error})", source=str(path),
-                                  reason="unreadable file") from error
+        raise DataValidationError(
+            f"{path}: cannot load saved dataset ({error})", source=str(path), reason="unreadable file"
+        ) from error
     if isinstance(loaded, datasets.Dataset):
         return [RawRows(str(path), loaded)], []
     train = [RawRows(f"{path}[{name}]", loaded[name]) for name in loaded if name.startswith("train")]
     eval_name = next((name for name in eval_split_names if name in loaded), None)
     evaluation = [RawRows(f"{path}[{eval_name}]", loaded[eval_name])] if eval_name else []
     if not train:
-        raise DataValidationError(f"{path}: saved dataset has no 'train' split (splits: {list(loaded)})",
-                                  source=str(path), reason="empty")
+        raise DataValidationError(
+            f"{path}: saved dataset has no 'train' split (splits: {list(loaded)})", source=str(path), reason="empty"
+        )
     return train, evaluation
 
 
@@ -207,8 +221,9 @@ def read_path(path: str | Path, pattern: str = "**/*", eval_split_names: tuple[s
         return read_saved_dataset(path, eval_split_names)
     files = data_files(path, pattern)
     if not files:
-        raise DataValidationError(f"{path}: no data files ({', '.join(DATA_SUFFIXES)}) in folder",
-                                  source=str(path), reason="empty")
+        raise DataValidationError(
+            f"{path}: no data files ({', '.join(DATA_SUFFIXES)}) in folder", source=str(path), reason="empty"
+        )
     train, evaluation, ignored = [], [], []
     for file in files:
         split = split_of(file.relative_to(path))
@@ -221,6 +236,7 @@ def read_path(path: str | Path, pattern: str = "**/*", eval_split_names: tuple[s
     if ignored:
         logger.info("%s: files of other splits not read: %s", path, ", ".join(ignored))
     if not train:
-        raise DataValidationError(f"{path}: only evaluation files found; name training files train*",
-                                  source=str(path), reason="empty")
+        raise DataValidationError(
+            f"{path}: only evaluation files found; name training files train*", source=str(path), reason="empty"
+        )
     return train, evaluation

@@ -10,7 +10,9 @@ Kinds and the steps they feed:
 - ``sft``       {"prompt", "completion"}: step 1 only.
 - ``conversation`` {"messages"}: step 1 only.
 - ``prompt_only`` {"prompt", ...}: step 3 only.
-Text fields are strings; conversational fields are lists of ``{"role", "content"}`` messages.
+Text fields are strings; conversational fields are lists of ``{"role", "content"}`` messages. Prompts and the
+answers a model learns to give (chosen, completion, the best of a ranking) must not be blank; a rejected or
+lower-ranked answer may be (saying nothing is a real way to answer badly).
 """
 
 from __future__ import annotations
@@ -53,7 +55,10 @@ def majority_kind(raw_records: Iterable[object], source: str) -> str:
     counts = Counter(kind for kind in map(detect_kind, raw_records) if kind is not None)
     if not counts:
         raise DataValidationError.for_record(
-            source, None, None, "no record has a known field",
+            source,
+            None,
+            None,
+            "no record has a known field",
             "expected prompt+chosen+rejected, prompt+completion, messages, prompt+responses or prompt",
         )
     return max(KINDS, key=lambda kind: (counts[kind], -KINDS.index(kind)))
@@ -65,19 +70,21 @@ def is_conversational(record: dict) -> bool:
     return isinstance(value, list)
 
 
-def check_text(raw: dict, name: str) -> str:
+def check_text(raw: dict, name: str, allow_empty: bool = False) -> str:
+    """A string; blank only when ``allow_empty`` (a rejected answer may say nothing: that is what makes it bad)."""
     value = raw.get(name)
     if value is None:
         raise RecordProblem(name, "missing field")
     if not isinstance(value, str):
         raise RecordProblem(name, "not a string", f"got {type(value).__name__}")
-    if not value.strip():
+    if not value.strip() and not allow_empty:
         raise RecordProblem(name, "empty string")
     return value
 
 
-def check_messages(raw: dict, name: str) -> list[dict]:
-    """A non-empty list of {"role", "content"} dicts with known roles and non-empty string contents."""
+def check_messages(raw: dict, name: str, allow_empty: bool = False) -> list[dict]:
+    """A non-empty list of {"role", "content"} dicts with known roles and string contents, non-blank unless
+    ``allow_empty`` (then only assistant messages may be blank)."""
     value = raw.get(name)
     if value is None:
         raise RecordProblem(name, "missing field")
@@ -90,14 +97,18 @@ def check_messages(raw: dict, name: str) -> list[dict]:
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
             raise RecordProblem(name, "invalid messages", f"message {position} has role {role!r}")
-        if not isinstance(content, str) or not content.strip():
+        if not isinstance(content, str):
             raise RecordProblem(name, "invalid messages", f"message {position} has no text content")
+        if not content.strip() and not (allow_empty and role == "assistant"):
+            raise RecordProblem(name, "invalid messages", f"message {position} is empty")
         messages.append({"role": role, "content": content})
     return messages
 
 
-def check_value(raw: dict, name: str, conversational: bool) -> str | list[dict]:
-    return check_messages(raw, name) if conversational else check_text(raw, name)
+def check_value(raw: dict, name: str, conversational: bool, allow_empty: bool = False) -> str | list[dict]:
+    if conversational:
+        return check_messages(raw, name, allow_empty)
+    return check_text(raw, name, allow_empty)
 
 
 def _prompt_length(prompt: str | list[dict]) -> int:
@@ -142,23 +153,36 @@ def _check_ranking(raw: dict, conversational: bool) -> tuple[list, list[float]]:
         raise RecordProblem("responses", "missing field")
     if not isinstance(responses, list) or len(responses) < 2:
         raise RecordProblem("responses", "invalid ranking", "expected a list of at least two answers")
-    checked = [check_value({"responses": answer}, "responses", conversational) for answer in responses]
+    # Blank answers are allowed below the top of the ranking, like a blank rejected answer.
+    checked = [
+        check_value({"responses": answer}, "responses", conversational, allow_empty=True) for answer in responses
+    ]
     if len({repr(answer) for answer in checked}) != len(checked):
         raise RecordProblem("responses", "invalid ranking", "the same answer appears twice")
     scores = raw.get("scores")
     if scores is None:
         # Best-first order given: the first answer gets the highest score.
-        return checked, [float(len(checked) - 1 - position) for position in range(len(checked))]
-    if not isinstance(scores, list) or len(scores) != len(checked):
+        scores = [float(len(checked) - 1 - position) for position in range(len(checked))]
+    elif not isinstance(scores, list) or len(scores) != len(checked):
         raise RecordProblem("scores", "invalid ranking", "expected one number per response")
-    if any(isinstance(score, bool) or not isinstance(score, (int, float)) for score in scores):
+    elif any(isinstance(score, bool) or not isinstance(score, (int, float)) for score in scores):
         raise RecordProblem("scores", "invalid ranking", "scores must be numbers")
-    if not all(math.isfinite(score) for score in scores):
+    elif not all(math.isfinite(score) for score in scores):
         raise RecordProblem("scores", "invalid ranking", "scores must be finite")
-    if len(set(scores)) < 2:
+    elif len(set(scores)) < 2:
         raise RecordProblem("scores", "invalid ranking", "all scores are equal: no preference to learn")
     order = sorted(range(len(checked)), key=lambda position: -scores[position])  # stable: ties keep their order
-    return [checked[position] for position in order], [float(scores[position]) for position in order]
+    ranked, ranked_scores = [checked[position] for position in order], [float(scores[position]) for position in order]
+    for answer, score in zip(ranked, ranked_scores):
+        if score == ranked_scores[0] and not _has_text(answer):
+            raise RecordProblem("responses", "empty string", "a best-ranked answer is empty")
+    return ranked, ranked_scores
+
+
+def _has_text(answer: str | list[dict]) -> bool:
+    if isinstance(answer, str):
+        return bool(answer.strip())
+    return any(message["content"].strip() for message in answer)
 
 
 def _extras(raw: dict) -> dict:
@@ -183,7 +207,7 @@ def normalize_record(raw: object, kind: str, max_prompt_chars: int | None = None
     conversational = isinstance(prompt, list)
     if kind == PAIRWISE:
         chosen = check_value(raw, "chosen", conversational)
-        rejected = check_value(raw, "rejected", conversational)
+        rejected = check_value(raw, "rejected", conversational, allow_empty=True)
         if chosen == rejected:
             raise RecordProblem("rejected", "chosen equals rejected")
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected, **_extras(raw)}
@@ -204,7 +228,7 @@ def step_record(record: dict, kind: str, step: int) -> dict:
     for reward functions; steps 1 and 2 keep only the fields their trainers read.
     """
     if step == 1:
-        if kind == CONVERSATION:
+        if kind == CONVERSATION and "messages" in record:  # (record_format="text" makes it prompt/completion)
             return {"messages": record["messages"]}
         if kind == PAIRWISE:
             return {"prompt": record["prompt"], "completion": record["chosen"]}

@@ -23,8 +23,10 @@ class DatasetAdapter:
 
     name: str = field(metadata={"help": "Registry name, e.g. 'Dahoas/rm-static' (DS-Chat's name)."})
     convert: Converter = field(
-        metadata={"help": "Raw row -> record of `kind`. Raises RecordFiltered to leave a row out by design, "
-                  "RecordProblem for a malformed row."}
+        metadata={
+            "help": "Raw row -> record of `kind`. Raises RecordFiltered to leave a row out by design, "
+            "RecordProblem for a malformed row."
+        }
     )
     kind: str = field(metadata={"help": "Record kind the converter returns: pairwise, kwise, sft or prompt_only."})
     hub_path: str | None = field(default=None, metadata={"help": "Hub id for load_dataset; defaults to `name`."})

@@ -94,11 +94,15 @@ def _read_hub(adapter: DatasetAdapter) -> tuple[list[RawRows], list[RawRows]]:
         raise DataValidationError(
             f"{adapter.name}: cannot load {hub_path!r} from the Hub or its local cache ({type(error).__name__}: "
             f"{error}); offline, pass a local copy as '{adapter.name}@/path/to/copy'",
-            source=adapter.name, reason="unreadable file",
+            source=adapter.name,
+            reason="unreadable file",
         ) from error
     if adapter.train_split not in loaded:
-        raise DataValidationError(f"{adapter.name}: no split {adapter.train_split!r} (has {list(loaded)})",
-                                  source=adapter.name, reason="empty")
+        raise DataValidationError(
+            f"{adapter.name}: no split {adapter.train_split!r} (has {list(loaded)})",
+            source=adapter.name,
+            reason="empty",
+        )
     train = [RawRows(f"{adapter.name}[{adapter.train_split}]", loaded[adapter.train_split])]
     evaluation = []
     if adapter.eval_split and adapter.eval_split in loaded:
@@ -119,12 +123,16 @@ def resolve_source(spec: SourceSpec) -> Source:
     if spec.local_path is not None:
         raise DataValidationError(
             f"{spec.name}: not a registered dataset, so '@{spec.local_path}' has no adapter; known names: "
-            f"{', '.join(registered_names())}", source=spec.name, reason="unknown dataset",
+            f"{', '.join(registered_names())}",
+            source=spec.name,
+            reason="unknown dataset",
         )
     path = Path(spec.name)
     if path.exists():
         return Source(spec, adapter_for_path(spec.name), path)
     raise DataValidationError(
         f"{spec.name}: no such file or folder, and not a registered dataset (known: tiny-sort, "
-        f"{', '.join(registered_names())})", source=spec.name, reason="unknown dataset",
+        f"{', '.join(registered_names())})",
+        source=spec.name,
+        reason="unknown dataset",
     )

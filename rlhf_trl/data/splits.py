@@ -26,7 +26,7 @@ def step_share_indices(count: int, shares: tuple[float, float, float], seed: int
         cumulative += share
         cuts.append(round(cumulative * count))
     cuts[-1] = count
-    return [sorted(order[cuts[step]:cuts[step + 1]]) for step in range(len(shares))]
+    return [sorted(order[cuts[step] : cuts[step + 1]]) for step in range(len(shares))]
 
 
 def eval_holdout(count: int, ratio: float, seed: int) -> set[int]:

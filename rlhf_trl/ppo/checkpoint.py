@@ -39,8 +39,13 @@ def resolve_resume_path(output_dir, resume_from_checkpoint) -> Path | None:
     return path
 
 
+def staging_path(output_dir, step: int) -> Path:
+    return Path(output_dir) / f".tmp-{PREFIX}{step}"
+
+
 def staging_dir(output_dir, step: int) -> Path:
-    path = Path(output_dir) / f".tmp-{PREFIX}{step}"
+    """A fresh, empty staging folder for the checkpoint of ``step``."""
+    path = staging_path(output_dir, step)
     if path.exists():
         shutil.rmtree(path)  # left over from a crash during an earlier save
     path.mkdir(parents=True)

@@ -20,8 +20,7 @@ import copy
 import inspect
 import logging
 import os
-import socket
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -37,23 +36,15 @@ HF_FALLBACK = "hf-fallback"
 
 
 def find_actor(model: nn.Module) -> nn.Module:
-    """Return the generating model inside what ``accelerator.prepare`` returned.
-
-    Accepts the actor itself, a DeepSpeed engine or DDP wrapper around it, or the same around a policy-and-value
-    wrapper exposing the actor as ``.policy`` (the PPO trainer trains actor and critic as one module).
+    """Return the generating model inside what ``accelerator.prepare`` returned: the actor itself, or a DeepSpeed
+    engine or DDP wrapper around it or around the trainer's ``PolicyAndValueWrapper`` (whose ``policy`` is the actor).
     """
     from deepspeed import DeepSpeedEngine
 
+    from .modeling import PolicyAndValueWrapper
+
     module = model.module if isinstance(model, (DeepSpeedEngine, nn.parallel.DistributedDataParallel)) else model
-    policy = getattr(module, "policy", None)
-    if isinstance(policy, nn.Module):
-        return policy
-    if callable(getattr(module, "generate", None)):
-        return module
-    raise TypeError(
-        f"Cannot find a generating model in {type(model).__name__}: expected a model with generate() "
-        "or a wrapper with a .policy attribute."
-    )
+    return module.policy if isinstance(module, PolicyAndValueWrapper) else module
 
 
 def deepspeed_kernel_layer_classes() -> set[type]:
@@ -163,20 +154,22 @@ def pad_after_end(completions: torch.LongTensor, eos_ids: list[int], pad_id: int
     return padded[:, : int(kept_length.max())]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def ensure_distributed_environment() -> None:
-    """``deepspeed.initialize`` needs a process group and LOCAL_RANK; outside a launcher, describe a world of one
-    (launchers such as torchrun and accelerate set these variables themselves)."""
-    if torch.distributed.is_initialized():
-        return
-    for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}.items():
-        os.environ.setdefault(name, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+@contextmanager
+def distributed_environment():
+    """``deepspeed.initialize`` needs a process group and a LOCAL_RANK variable. Launchers (torchrun, accelerate,
+    deepspeed) provide both; in a plain process, start a one-process group over an in-memory store (no port) and
+    describe that world in the environment only while DeepSpeed reads it."""
+    if not torch.distributed.is_initialized() and "WORLD_SIZE" not in os.environ:
+        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+    single_process = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
+    missing = [name for name in single_process if name not in os.environ]
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1:
+        os.environ.update({name: single_process[name] for name in missing})
+    try:
+        yield
+    finally:
+        for name in missing:
+            os.environ.pop(name, None)
 
 
 def _precision_section(actor: nn.Module) -> dict:
@@ -195,7 +188,7 @@ class DeepSpeedRollout(RolloutBackend):
             reallocating it next time.
         pin_parameters: under ZeRO-3, keep gathered layers in memory for the whole rollout instead of re-gathering
             them for every token.
-        cuda_graph_decode: replay decode steps from CUDA graphs (used when answers have a fixed length, i.e.
+        cuda_graph: replay decode steps from CUDA graphs (used when answers have a fixed length, i.e.
             min_new_tokens == max_new_tokens; DeepSpeed refuses it with ZeRO-3, tensor parallelism or a released
             cache and says so).
         max_prompt_length: longest prompt; with max_new_tokens it sizes the inference workspace.
@@ -214,7 +207,7 @@ class DeepSpeedRollout(RolloutBackend):
         inference_tp_size: int = 1,
         release_inference_cache: bool = False,
         pin_parameters: bool = True,
-        cuda_graph_decode: bool = False,
+        cuda_graph: bool = False,
         max_prompt_length: int = 512,
         tp_gather_partition_size: int = 8,
     ):
@@ -223,13 +216,14 @@ class DeepSpeedRollout(RolloutBackend):
             "inference_tp_size": inference_tp_size,
             "release_inference_cache": release_inference_cache,
             "pin_parameters": pin_parameters,
-            "enable_cuda_graph": cuda_graph_decode,
+            "enable_cuda_graph": cuda_graph,
             "max_out_tokens": max_prompt_length + (generation_config.max_new_tokens or generation_config.max_length),
             "tp_gather_partition_size": tp_gather_partition_size,
         }
         self.actor = find_actor(model)
         self.engine = None
         self.rollout_engine = None
+        self.fallback: HFRollout | None = None
         self.fallback_reason: str | None = None
         self.active_backend = self._start_engine()
         logger.info("Rollout backend in use: %s", self.active_backend)
@@ -276,6 +270,14 @@ class DeepSpeedRollout(RolloutBackend):
 
     def _fall_back(self, reason: str) -> str:
         self.fallback_reason = reason
+        # HFRollout gathers ZeRO-3 shards through the accelerator; without one, hand it the actor itself (a ZeRO-3
+        # actor then fetches its shards layer by layer through DeepSpeed's hooks).
+        self.fallback = HFRollout(
+            self.model if self.accelerator is not None else self.actor,
+            self.tokenizer,
+            self.generation_config,
+            self.accelerator,
+        )
         logger.warning(
             "Rollout backend 'deepspeed' cannot accelerate this actor (%s); falling back to Hugging Face generate.",
             reason,
@@ -287,7 +289,6 @@ class DeepSpeedRollout(RolloutBackend):
         tensors as the training engine, so it sees every update without copying."""
         import deepspeed
 
-        ensure_distributed_environment()
         config = {
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": 1,
@@ -296,7 +297,8 @@ class DeepSpeedRollout(RolloutBackend):
             "hybrid_engine": {"enabled": with_kernels, **self.hybrid_engine_options},
             **_precision_section(self.actor),
         }
-        self.engine, *_ = deepspeed.initialize(model=self.actor, config=config)
+        with distributed_environment():
+            self.engine, *_ = deepspeed.initialize(model=self.actor, config=config)
         self._build_rollout_engine()
 
     def _build_rollout_engine(self) -> None:
@@ -308,8 +310,8 @@ class DeepSpeedRollout(RolloutBackend):
 
     @torch.no_grad()
     def generate(self, prompt_ids, prompt_mask):
-        if self.active_backend == HF_FALLBACK:
-            completions = self._generate_with_hf(prompt_ids, prompt_mask)
+        if self.fallback is not None:
+            completions = self.fallback.generate(prompt_ids, prompt_mask)
         else:
             resolved = resolve_generation_config(self.generation_config, self.actor.generation_config)
             was_training = self.actor.training
@@ -340,24 +342,6 @@ class DeepSpeedRollout(RolloutBackend):
     def _generate_with_hybrid_engine(self, prompt_ids, prompt_mask, resolved: GenerationConfig):
         # With kernels injected, actor.generate is the hybrid engine's generate (gathers, fuses LoRA, times).
         output = self.actor.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=resolved)
-        return output[:, prompt_ids.shape[1] :]
-
-    def _generate_with_hf(self, prompt_ids, prompt_mask):
-        """Plain HF generate on the actor; under ZeRO-3 TRL's helper gathers the weights once per rollout."""
-        if self.accelerator is None:
-            unwrapped_context = nullcontext(self.model)
-        else:
-            from trl.models.utils import unwrap_model_for_generation
-
-            unwrapped_context = unwrap_model_for_generation(self.model, self.accelerator)
-        with unwrapped_context as unwrapped:
-            actor = find_actor(unwrapped)
-            was_training = actor.training
-            actor.eval()
-            output = actor.generate(
-                input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=self.generation_config
-            )
-            actor.train(was_training)
         return output[:, prompt_ids.shape[1] :]
 
     @contextmanager

@@ -623,9 +623,11 @@ class PPOTrainer:
     def save_checkpoint(self) -> Path:
         """Everything a resume needs, written atomically; the oldest beyond save_total_limit are removed."""
         step = self.state["global_step"]
-        staging = checkpoints.staging_dir(self.output_dir, step) if self.accelerator.is_main_process else None
+        if self.accelerator.is_main_process:
+            checkpoints.staging_dir(self.output_dir, step)
         self.accelerator.wait_for_everyone()
-        staging = checkpoints.Path(self.output_dir) / f".tmp-{checkpoints.PREFIX}{step}"
+        staging = checkpoints.staging_path(self.output_dir, step)
+        # Model, optimizer, scheduler and every RNG (python, numpy, torch) go through Accelerate.
         self.accelerator.save_state(str(staging / "accelerator"))
         if self.ema is not None and self.accelerator.is_main_process:
             torch.save(self.ema.state_dict(), staging / "ema.pt")
@@ -635,7 +637,6 @@ class PPOTrainer:
             "kl_controller": self.kl_controller.state_dict(),
             "score_normalizer": self.score_normalizer.state_dict(),
             "timings": self.timings,
-            "python_random": repr(random.getstate()),
         }
         final = None
         if self.accelerator.is_main_process:
@@ -654,7 +655,6 @@ class PPOTrainer:
         self.kl_controller.load_state_dict(state["kl_controller"])
         self.score_normalizer.load_state_dict(state["score_normalizer"])
         self.timings.update(state["timings"])
-        random.setstate(_literal_state(state["python_random"]))
         self._truncate_metrics(self.state["global_step"])
         logger.info("resumed from %s at step %d", path, self.state["global_step"])
 
@@ -686,9 +686,3 @@ class PPOTrainer:
                 self.ema.save_pretrained(output_dir / "ema")
                 self.tokenizer.save_pretrained(output_dir / "ema")
         self.accelerator.wait_for_everyone()
-
-
-def _literal_state(text: str):
-    import ast
-
-    return ast.literal_eval(text)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
-from trl import TrlParser, get_kbit_device_map, get_peft_config, get_quantization_config
+from trl import TrlParser, get_peft_config, get_quantization_config
 
 logger = logging.getLogger("rlhf_trl")
 
@@ -68,7 +68,7 @@ def check_model_path(name_or_path: str | None, what: str) -> str:
 
 def model_init_kwargs(model_args) -> dict:
     """from_pretrained keyword arguments from TRL's ModelConfig: dtype, attention and 8/4-bit quantization."""
-    kwargs = {"revision": model_args.model_revision, "trust_remote_code": model_args.trust_remote_code}
+    kwargs = {"revision": model_args.model_revision}
     if model_args.dtype not in (None, "auto"):
         kwargs["dtype"] = getattr(torch, model_args.dtype)
     elif model_args.dtype == "auto":
@@ -78,7 +78,8 @@ def model_init_kwargs(model_args) -> dict:
     quantization_config = get_quantization_config(model_args)
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = get_kbit_device_map() if torch.cuda.is_available() else {"": "cpu"}
+        # Quantized weights are placed at load time: this process's GPU, or the CPU (bitsandbytes >= 0.45 runs there).
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
     return kwargs
 
 

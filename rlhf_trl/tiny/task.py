@@ -87,10 +87,13 @@ def _flawed_answer(numbers: list[str], flaw: str, rng: random.Random) -> list[st
         return sorted(numbers)[: rng.randrange(len(numbers) - 1)]
     if flaw == "random":
         return [rng.choice(DIGITS) for _ in range(rng.randint(1, MAX_LENGTH + 1))]
-    if flaw == "substitute":  # looks sorted, but a number was made up
+    if flaw == "substitute":  # looks sorted, but a number was made up (often off by one: the hardest to spot)
         answer = sorted(numbers)
         position = rng.randrange(len(answer))
-        answer[position] = rng.choice([digit for digit in DIGITS if digit != answer[position]])
+        value = int(answer[position])
+        near = [str(value + step) for step in (-1, 1) if 0 <= value + step <= 9]
+        others = [digit for digit in DIGITS if digit != answer[position]]
+        answer[position] = rng.choice(near) if rng.random() < 0.5 else rng.choice(others)
         return sorted(answer)
     if flaw == "swap":
         answer = list(correct)
@@ -158,7 +161,7 @@ def make_records(split: str, count: int, eval_count: int = 200) -> list[dict]:
 def _preference_record(numbers: list[str], prompt: str, rng: random.Random) -> dict:
     """A pair of answers with different gold scores; 70% of pairs put the correct answer against a flawed one.
     The flaws cover degenerate answers too (empty, cut short, random), so the reward model has seen them."""
-    flaws = ["copy", "ramble", "drop", "swap", "stop", "random", "substitute", "substitute"]
+    flaws = ["copy", "ramble", "drop", "swap", "stop", "random", "substitute", "substitute", "substitute"]
     while True:
         first = sorted(numbers) if rng.random() < 0.7 else _flawed_answer(numbers, rng.choice(flaws), rng)
         second = _flawed_answer(numbers, rng.choice(flaws), rng)
