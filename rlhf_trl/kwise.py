@@ -146,6 +146,8 @@ class KWiseRewardTrainer(RewardTrainer):
             )
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        if not isinstance(dataset, Dataset):
+            raise TypeError(f"{type(self).__name__} needs a map-style datasets.Dataset for {dataset_name}")
         column_names = dataset.column_names
         if "response_ids" in column_names:
             return dataset  # already tokenized
@@ -179,7 +181,7 @@ class KWiseRewardTrainer(RewardTrainer):
                 sequences.append(list(ids))
             return {"response_ids": sequences}
 
-        dataset = dataset.map(tokenize, desc=f"Tokenizing {dataset_name} rankings")
+        dataset = dataset.map(tokenize, num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} rankings")
         if args.max_length is not None:
             dataset = self._drop_long_answers(dataset, args.max_length, dataset_name)
         return dataset

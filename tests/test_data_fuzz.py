@@ -95,3 +95,41 @@ def test_one_random_record_among_good_ones(record, step):
         for row in loaded.train:
             for value in row.values():
                 assert not (isinstance(value, float) and math.isnan(value))
+
+
+# Column names of the registered DS-Chat datasets, so random rows hit the adapters' real code paths.
+ADAPTER_COLUMNS = [
+    "prompt", "chosen", "rejected", "question", "full_text", "answer_0", "answer_1", "score_0", "score_1",
+    "history", "human_ref_A", "human_ref_B", "labels", "INSTRUCTION", "RESPONSE", "query", "positive_passages",
+    "negative_passages", "text", "human_answers", "queries", "answers", "zh_cn", "ja", "sentence", "questions",
+    "paragraph",
+]  # fmt: skip
+adapter_values = st.recursive(
+    scalars,
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.sampled_from(ADAPTER_COLUMNS), children, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    name=st.sampled_from(
+        ["Dahoas/rm-static", "yitingxie/rlhf-reward-datasets", "openai/webgpt_comparisons", "stanfordnlp/SHP",
+         "wangrui6/Zhihu-KOL", "Cohere/miracl-zh-queries-22-12", "Hello-SimpleAI/HC3-Chinese", "mkqa-Chinese",
+         "lmqg/qag_jaquad"]
+    ),
+    rows=st.lists(
+        st.dictionaries(st.sampled_from(ADAPTER_COLUMNS), adapter_values, max_size=8), min_size=1, max_size=4
+    ),
+    step=st.sampled_from([1, 2, 3]),
+)  # fmt: skip
+def test_adapters_on_random_rows(name, rows, step):
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "train.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        try:
+            load_step_datasets(DataArguments(datasets=[f"{name}@{path}"], skip_invalid_records=True), step)
+        except DataValidationError as error:
+            assert "\n" not in str(error)

@@ -213,6 +213,7 @@ def test_rollout_engine_limitation_and_sampling_translation(tokenizer):
     assert rollout_engine_limitation(resolved(tokenizer)) is None
     assert "minimum" in rollout_engine_limitation(resolved(tokenizer, min_new_tokens=3))
     assert rollout_engine_limitation(resolved(tokenizer, num_beams=2)) == "beam search"
+    assert "stop strings" in rollout_engine_limitation(resolved(tokenizer, stop_strings=["sort"]))
     assert sampling_config_from(resolved(tokenizer)).temperature == 0.0  # greedy in DeepSpeed's terms
     sampled = sampling_config_from(resolved(tokenizer, do_sample=True, temperature=0.5, top_k=7, top_p=0.8))
     assert (sampled.temperature, sampled.top_k, sampled.top_p, sampled.max_new_tokens) == (0.5, 7, 0.8, 12)

@@ -54,7 +54,11 @@ def load_entry(cache_dir: str | os.PathLike, step: int, key: str):
 
 
 def save_entry(cache_dir: str | os.PathLike, step: int, key: str, train, evaluation, summary) -> Path:
-    """Write an entry atomically and return its folder."""
+    """Write an entry atomically and return its folder.
+
+    If another process (e.g. another data-parallel rank) finished the same entry first, its copy is kept: the key
+    fixes the content, so both are the same.
+    """
     target = entry_path(cache_dir, step, key)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
@@ -64,9 +68,12 @@ def save_entry(cache_dir: str | os.PathLike, step: int, key: str, train, evaluat
             evaluation.save_to_disk(str(staging / "eval"))
         # summary.json last: its presence marks a complete entry.
         (staging / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        if not target.exists():
+            try:
+                os.replace(staging, target)
+            except OSError:
+                if not (target / "summary.json").is_file():
+                    raise
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

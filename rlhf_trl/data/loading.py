@@ -274,7 +274,7 @@ def _to_dataset(records: list[dict], role: str) -> datasets.Dataset:
 
     try:
         return datasets.Dataset.from_list(records)
-    except (pyarrow.ArrowException, TypeError, ValueError) as error:
+    except (pyarrow.ArrowException, TypeError, ValueError, OverflowError) as error:
         raise DataValidationError(
             f"cannot build the {role} table: a column holds values of different types across records ({error})",
             reason="mixed column types",

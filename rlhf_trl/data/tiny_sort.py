@@ -12,7 +12,7 @@ from ..tiny import task
 
 NAME = "tiny-sort"
 # Records per step (1: SFT demonstrations, 2: preference pairs, 3: PPO prompts); tune to make runs shorter/longer.
-TINY_SIZES = {1: 4000, 2: 4000, 3: 2048}
+TINY_SIZES = {1: 4000, 2: 6000, 3: 2048}
 EVAL_PROMPTS = 200
 # Flaws given to the rejected answers of the eval pairs, in turn; "drop" and "ramble" always change the answer.
 _EVAL_FLAWS = ("copy", "ramble", "drop", "swap")

@@ -121,6 +121,10 @@ class PPOConfig(TrainingArguments):
     max_consecutive_skips: int = field(
         default=8, metadata={"help": "Stop with an error after this many blown-up micro-batches in a row."}
     )
+    critic_lora: bool = field(
+        default=True, metadata={"help": "With LoRA (use_peft): train the critic through adapters too (its score "
+                                "head fully)."},
+    )
     # Misc -----------------------------------------------------------------------------------------------------------
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in every model (DS-Chat)."})
     num_samples_to_log: int = field(default=4, metadata={"help": "Sample answers written to samples.jsonl per log."})

@@ -90,7 +90,10 @@ def resolve_generation_config(requested: GenerationConfig, model_defaults: Gener
     Transformers' global defaults (e.g. top_k 50), applied in the same order as ``generate`` does."""
     resolved = copy.deepcopy(requested)
     resolved.update(**model_defaults.to_dict(), defaults_only=True)
-    resolved.update(**GenerationConfig._get_default_generation_params(), defaults_only=True)
+    # Total-length limits stay unset: generate derives them from the new-token counts, and warns when both are set.
+    global_defaults = GenerationConfig._get_default_generation_params()
+    global_defaults.pop("max_length"), global_defaults.pop("min_length")
+    resolved.update(**global_defaults, defaults_only=True)
     return resolved
 
 
@@ -100,7 +103,7 @@ def rollout_engine_limitation(generation_config: GenerationConfig) -> str | None
     That engine always decodes ``max_new_tokens`` tokens with end-of-sequence detection turned off (so ZeRO-3 ranks
     stay in step) and only takes temperature, top-k and top-p; settings that need end-of-sequence awareness during
     decoding or another search strategy go through the hybrid engine's ``generate`` instead. Expects a config
-    from ``resolve_generation_config`` (no unset fields).
+    from ``resolve_generation_config`` (defaults filled in).
     """
     if generation_config.max_new_tokens is None:
         return "max_new_tokens is not set"
@@ -108,6 +111,8 @@ def rollout_engine_limitation(generation_config: GenerationConfig) -> str | None
         return "beam search"
     if generation_config.min_new_tokens or generation_config.min_length:
         return "a minimum answer length suppresses end-of-sequence, which that engine does not track"
+    if generation_config.stop_strings:
+        return "stop strings end answers early"
     if generation_config.do_sample and not generation_config.temperature:
         return "sampling at temperature 0"
     return None
@@ -341,7 +346,9 @@ class DeepSpeedRollout(RolloutBackend):
 
     def _generate_with_hybrid_engine(self, prompt_ids, prompt_mask, resolved: GenerationConfig):
         # With kernels injected, actor.generate is the hybrid engine's generate (gathers, fuses LoRA, times).
-        output = self.actor.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=resolved)
+        output = self.actor.generate(
+            input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=resolved, tokenizer=self.tokenizer
+        )
         return output[:, prompt_ids.shape[1] :]
 
     @contextmanager

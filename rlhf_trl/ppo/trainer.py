@@ -87,9 +87,7 @@ class PPOTrainer:
         self._seed_everything(args.seed)
         self.is_peft = peft_config is not None
         if self.is_peft:
-            from peft import get_peft_model
-
-            model = get_peft_model(model, peft_config)
+            model, value_model = self._add_adapters(model, value_model, peft_config)
         self.ref_model = None
         if not self.is_peft:
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
@@ -142,6 +140,24 @@ class PPOTrainer:
         self.log_history: list[dict] = []
 
     # ------------------------------------------------------------------------------------------------ set-up helpers
+    def _add_adapters(self, model, value_model, peft_config):
+        """LoRA on the actor, and (critic_lora) on the critic with its score head fully trained. Quantized (8/4-bit)
+        bases are first prepared for training (norms in fp32, input gradients for checkpointing)."""
+        from dataclasses import replace as replace_fields
+
+        from peft import get_peft_model, prepare_model_for_kbit_training
+
+        def prepare(module):
+            if module.is_quantized:
+                return prepare_model_for_kbit_training(module, self.args.gradient_checkpointing)
+            return module
+
+        model = get_peft_model(prepare(model), peft_config)
+        if self.args.critic_lora:
+            critic_config = replace_fields(peft_config, task_type="SEQ_CLS", modules_to_save=["score"])
+            value_model = get_peft_model(prepare(value_model), critic_config)
+        return model, value_model
+
     @staticmethod
     def _seed_everything(seed: int) -> None:
         random.seed(seed)

@@ -33,6 +33,9 @@ KEY_METRICS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="tiny", help="recipe name under recipes/ or a folder with the 3 YAMLs")
+    parser.add_argument(
+        "--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc."
+    )
     parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
     parser.add_argument("--reward-model", default=None, help="base model of step 2 (default: the recipe's)")
     parser.add_argument(
@@ -54,18 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def recipe_dir(recipe: str) -> Path:
+def recipe_file(step: int, variant: str | None) -> str:
+    name = STEP_RECIPES[step]
+    return name if not variant else name.replace(".yaml", f"-{variant}.yaml")
+
+
+def recipe_dir(recipe: str, variant: str | None = None) -> Path:
     path = Path(recipe)
     if not path.is_dir():
         path = RECIPES_DIR / recipe
-    missing = [name for name in STEP_RECIPES.values() if not (path / name).exists()]
+    missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
     if not path.is_dir() or missing:
-        raise SystemExit(f"error: recipe {recipe!r} not found or incomplete (need {', '.join(STEP_RECIPES.values())})")
+        raise SystemExit(f"error: recipe {recipe!r} not found or incomplete (missing {', '.join(missing) or 'folder'})")
     return path
 
 
 def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
-    arguments = ["--config", str(recipe / STEP_RECIPES[step]), "--output_dir", str(output / STEP_DIRS[step])]
+    arguments = ["--config", str(recipe / recipe_file(step, args.variant)), "--output_dir", str(output / STEP_DIRS[step])]
     if args.overwrite_output_dir:
         arguments.append("--overwrite_output_dir")
     if step == 1 and args.actor_model:
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
     from rlhf_trl.launch import config_for_deployment, launch_command
 
     args = parse_arguments(argv)
-    recipe = recipe_dir(args.recipe)
+    recipe = recipe_dir(args.recipe, args.variant)
     output = Path(args.output_dir)
     if output.exists() and any(output.iterdir()) and not args.overwrite_output_dir:
         print(f"error: output dir {output} is not empty; pass --overwrite_output_dir", file=sys.stderr)

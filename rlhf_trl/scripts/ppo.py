@@ -103,7 +103,11 @@ def main(argv=None) -> int:
     value_path = resolve_model_name(training_args.value_model_path or training_args.reward_model_path)
     if value_path is None:
         raise StepError("without a reward model, set value_model_path to initialise the critic")
-    critic = load_pretrained(AutoModelForSequenceClassification, value_path, "value model", num_labels=1)
+    # With LoRA the critic's base may be quantized like the actor's; without it the critic trains in full precision.
+    critic_kwargs = init_kwargs if model_args.use_peft and training_args.critic_lora else {}
+    critic = load_pretrained(
+        AutoModelForSequenceClassification, value_path, "value model", num_labels=1, **critic_kwargs
+    )
 
     trainer = PPOTrainer(
         args=training_args,
