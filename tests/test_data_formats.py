@@ -118,3 +118,43 @@ def test_blank_rejected_answer_is_kept(tmp_path):
             json.dumps({"prompt": "Human: q Assistant:", "chosen": " ", "rejected": " no"}) + "\n", "utf-8"
         )
         load(path, 2)
+
+
+def test_step_records_feed_trl_trainers(tmp_path, monkeypatch):
+    """Steps 1 and 2 of tiny-sort go straight into TRL's SFTTrainer and RewardTrainer."""
+    import torch
+    from transformers import OPTForCausalLM, OPTForSequenceClassification
+    from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
+
+    from rlhf_trl.data import tiny_sort
+    from rlhf_trl.tiny.model import build_config, build_tokenizer
+
+    for step in (1, 2):
+        monkeypatch.setitem(tiny_sort.TINY_SIZES, step, 16)
+    common = dict(bf16=False, use_cpu=True, report_to="none", max_steps=2, per_device_train_batch_size=4)
+    common.update(save_strategy="no", disable_tqdm=True)
+    args = DataArguments(datasets=["tiny-sort"], max_eval_samples=8)
+    tokenizer = build_tokenizer()
+    torch.manual_seed(0)
+    first = load_step_datasets(args, 1)
+    sft = SFTTrainer(
+        model=OPTForCausalLM(build_config(tokenizer)),
+        args=SFTConfig(output_dir=str(tmp_path / "sft"), **common),
+        train_dataset=first.train,
+        eval_dataset=first.eval,
+        processing_class=tokenizer,
+    )
+    sft.train()
+    assert "eval_loss" in sft.evaluate()
+    config = build_config(tokenizer)
+    config.num_labels = 1
+    second = load_step_datasets(args, 2)
+    reward = RewardTrainer(
+        model=OPTForSequenceClassification(config),
+        args=RewardConfig(output_dir=str(tmp_path / "reward"), **common),
+        train_dataset=second.train,
+        eval_dataset=second.eval,
+        processing_class=tokenizer,
+    )
+    reward.train()
+    assert "eval_accuracy" in reward.evaluate()

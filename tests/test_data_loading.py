@@ -111,8 +111,10 @@ def test_tiny_sort_steps_follow_task_and_sizes(small_tiny_sizes):
     assert not {row["prompt"] for row in third.train} & eval_prompts
 
 
-def test_tiny_sort_default_sizes():
-    assert tiny_sort.TINY_SIZES == {1: 4000, 2: 4000, 3: 2048}
+def test_tiny_sort_sizes_are_tunable_per_step():
+    # The defaults are tuned by the recipes' authors; what must hold is one positive size per step.
+    assert sorted(tiny_sort.TINY_SIZES) == [1, 2, 3]
+    assert all(isinstance(size, int) and size > 0 for size in tiny_sort.TINY_SIZES.values())
 
 
 def test_pairwise_jsonl_feeds_three_disjoint_steps(tmp_path):

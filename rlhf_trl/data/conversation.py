@@ -22,7 +22,8 @@ def transcript_to_messages(text: str) -> list[dict]:
     """Split a transcript into messages: ``"Human: hi Assistant: hello"`` -> user "hi", assistant "hello".
 
     Turn contents are stripped. A final empty ``Assistant:`` (the cue to answer) adds no message. Text before the
-    first marker, or a text without any marker, is a user message.
+    first marker, or a text without any marker, is a user message. A marker is ``Human:``, ``Assistant:`` or
+    ``System:`` at the start or after whitespace, so a message that itself contains one cannot round-trip.
     """
     messages = []
     pieces = _MARKER.split(text)

@@ -187,7 +187,7 @@ def _precision_section(actor: nn.Module) -> dict:
 class DeepSpeedRollout(RolloutBackend):
     """Generation through DeepSpeed's hybrid engine, sharing the actor's parameter tensors with the trainer.
 
-    Options (all forwarded to the ``hybrid_engine`` section of the engine's DeepSpeed config):
+    Options (they become the ``hybrid_engine`` section of the engine's DeepSpeed config):
         inference_tp_size: split each layer over this many GPUs during generation only.
         release_inference_cache: free the inference workspace (KV cache) after every rollout, at the cost of
             reallocating it next time.
@@ -196,7 +196,7 @@ class DeepSpeedRollout(RolloutBackend):
         cuda_graph: replay decode steps from CUDA graphs (used when answers have a fixed length, i.e.
             min_new_tokens == max_new_tokens; DeepSpeed refuses it with ZeRO-3, tensor parallelism or a released
             cache and says so).
-        max_prompt_length: longest prompt; with max_new_tokens it sizes the inference workspace.
+        max_prompt_length: longest prompt; with max_new_tokens it sizes the inference workspace (max_out_tokens).
         tp_gather_partition_size: layers gathered at a time under ZeRO-3 with tensor parallelism.
     """
 

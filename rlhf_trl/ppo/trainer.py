@@ -11,6 +11,7 @@ import copy
 import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -79,12 +80,23 @@ class PPOTrainer:
         self.tokenizer = processing_class
         if self.tokenizer.pad_token_id is None or self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             raise ValueError("the actor tokenizer needs a pad token distinct from EOS (see rlhf_trl.models)")
+        # Accelerate turns DeepSpeed off when cpu=True; under a DeepSpeed launch DeepSpeed picks the device itself
+        # (its CPU accelerator on machines without a GPU), so use_cpu only applies to non-DeepSpeed runs.
+        deepspeed_launch = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
         self.accelerator = Accelerator(
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
-            cpu=args.use_cpu,
+            cpu=args.use_cpu and not deepspeed_launch,
         )
         self._seed_everything(args.seed)
+        plugin = self.accelerator.state.deepspeed_plugin
+        logger.info(
+            "accelerate: %s on %s, %d process(es)%s",
+            self.accelerator.distributed_type,
+            self.accelerator.device,
+            self.accelerator.num_processes,
+            f", DeepSpeed ZeRO-{plugin.zero_stage}" if plugin is not None else "",
+        )
         self.is_peft = peft_config is not None
         if self.is_peft:
             model, value_model = self._add_adapters(model, value_model, peft_config)

@@ -112,6 +112,19 @@ def key_metric(step: int, step_dir: Path) -> tuple[str, float | None]:
     return "-", None
 
 
+def gold_progress(output: Path) -> dict[str, float]:
+    """Held-out gold score of the base, SFT and PPO models, where the steps measured one."""
+    found = {}
+    sources = [(1, "base", "base_gold_score"), (1, "sft", "eval_gold_score"), (3, "ppo", "eval/gold_score")]
+    for step, name, metric in sources:
+        info_path = output / STEP_DIRS[step] / "run_info.json"
+        if info_path.exists():
+            value = json.loads(info_path.read_text())["final_metrics"].get(metric)
+            if value is not None:
+                found[name] = float(value)
+    return found
+
+
 def print_summary(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -203,8 +216,11 @@ def main(argv=None) -> int:
             return code
         label, value = key_metric(step, output / STEP_DIRS[step])
         rows.append({"step": STEP_DIRS[step], "wall_time_s": elapsed, "key_metric": label, "value": value})
-    (output / "e2e_summary.json").write_text(json.dumps({"steps": rows}, indent=2))
+    gold = gold_progress(output)
+    (output / "e2e_summary.json").write_text(json.dumps({"steps": rows, "gold_score": gold}, indent=2))
     print_summary(rows)
+    if gold:
+        print("held-out gold score: " + " -> ".join(f"{name} {value:.3f}" for name, value in gold.items()))
     if args.recipe == "tiny" and args.actor_model in (None, TINY_BASE):
         print_samples(output, args.samples)
     from rlhf_trl.report import write_report
