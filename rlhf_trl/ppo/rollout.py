@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from transformers import GenerationConfig
@@ -60,6 +60,7 @@ class RolloutBackend(ABC):
         self.tokenizer = tokenizer
         self.generation_config = generation_config
         self.accelerator = accelerator
+        self.active_backend = self.name  # what actually generates (a backend may fall back), logged by the trainer
 
     @abstractmethod
     def generate(self, prompt_ids: torch.LongTensor, prompt_mask: torch.LongTensor) -> torch.LongTensor:
@@ -81,21 +82,15 @@ class HFRollout(RolloutBackend):
         with gathered_policy(self.model, self.accelerator) as model:
             was_training = model.training
             model.eval()
-            output = model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
-                generation_config=self.generation_config,
-            )
+            # The prepared model's forward is autocast under mixed precision, the inner generate is not.
+            precision = self.accelerator.autocast() if self.accelerator is not None else nullcontext()
+            with precision:
+                output = model.generate(
+                    input_ids=prompt_ids,
+                    attention_mask=prompt_mask,
+                    generation_config=self.generation_config,
+                    tokenizer=self.tokenizer,  # needed for stop_strings
+                )
             model.train(was_training)
         return output[:, prompt_ids.shape[1] :]
 
-
-def build_rollout(name: str, model, tokenizer, generation_config, accelerator=None, **options) -> RolloutBackend:
-    """The backend called ``name``: "hf" (default) or "deepspeed" (hybrid engine, see rollout_deepspeed)."""
-    if name == "hf":
-        return HFRollout(model, tokenizer, generation_config, accelerator)
-    if name == "deepspeed":
-        from rlhf_trl.ppo.rollout_deepspeed import DeepSpeedRollout
-
-        return DeepSpeedRollout(model, tokenizer, generation_config, accelerator, **options)
-    raise ValueError(f"unknown rollout backend {name!r}: choose 'hf' or 'deepspeed'")

@@ -160,7 +160,7 @@ class PPOTrainer:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         def prepare(module):
-            if module.is_quantized:
+            if getattr(module.config, "quantization_config", None) is not None:  # loaded in 8/4-bit
                 return prepare_model_for_kbit_training(module, self.args.gradient_checkpointing)
             return module
 
@@ -264,7 +264,7 @@ class PPOTrainer:
         return config
 
     def _build_rollout(self):
-        from rlhf_trl.ppo.rollout import build_rollout
+        from rlhf_trl.ppo.rollout_deepspeed import build_rollout
 
         options = {}
         if self.args.rollout_backend == "deepspeed":
@@ -273,6 +273,7 @@ class PPOTrainer:
                 "release_inference_cache": self.args.release_inference_cache,
                 "pin_parameters": self.args.pin_parameters,
                 "cuda_graph": self.args.cuda_graph,
+                "max_prompt_length": self.args.max_prompt_length,
             }
         backend = build_rollout(
             self.args.rollout_backend,
@@ -282,7 +283,8 @@ class PPOTrainer:
             accelerator=self.accelerator,
             **options,
         )
-        logger.info("rollout backend: %s", getattr(backend, "active_backend", backend.name))
+        self.rollout_backend_in_use = backend.active_backend
+        logger.info("rollout backend: %s", self.rollout_backend_in_use)
         return backend
 
     @property

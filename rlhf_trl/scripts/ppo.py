@@ -128,6 +128,7 @@ def main(argv=None) -> int:
     if trainer.log_history:
         last = trainer.log_history[-1]
         final_metrics.update({key: value for key, value in last.items() if key.startswith(("objective/", "time/"))})
+    final_metrics["rollout_backend"] = trainer.rollout_backend_in_use
     trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
         write_run_info(
