@@ -61,7 +61,7 @@ messages_strategy = st.lists(
 ).filter(lambda messages: messages[0]["role"] != "assistant" or len(messages) > 1 or True)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(messages=messages_strategy, separator=st.sampled_from([" ", "\n\n", "\n"]))
 def test_messages_round_trip(messages, separator):
     transcript = messages_to_transcript(messages, separator=separator)
@@ -70,7 +70,7 @@ def test_messages_round_trip(messages, separator):
     assert transcript_to_messages(prompt) == messages  # the answer cue adds no message
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(messages=messages_strategy)
 def test_transcript_round_trip(messages):
     transcript = messages_to_transcript(messages)

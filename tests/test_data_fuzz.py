@@ -46,7 +46,7 @@ def _content(suffix: str, items: list, raw: bytes | None) -> bytes:
     return json.dumps(items).encode()
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=120, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     items=st.lists(records, max_size=6),
     raw=st.one_of(st.none(), st.binary(max_size=40)),
@@ -78,7 +78,7 @@ def test_only_data_validation_errors(items, raw, suffix, step, skip, record_form
         assert loaded.summary.total_read >= len(loaded.train)
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=80, deadline=None, database=None)
 @given(record=st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=6), step=st.sampled_from([1, 2, 3]))
 def test_one_random_record_among_good_ones(record, step):
     """A malformed record among valid ones is either accepted as valid or reported with its record number."""
@@ -113,7 +113,7 @@ adapter_values = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(
         ["Dahoas/rm-static", "yitingxie/rlhf-reward-datasets", "openai/webgpt_comparisons", "stanfordnlp/SHP",

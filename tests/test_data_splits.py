@@ -12,7 +12,7 @@ from rlhf_trl.data import DataArguments, load_step_datasets, parse_data_split
 from rlhf_trl.data.splits import apply_weight, derived_seed, eval_holdout, step_share_indices
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(
     count=st.integers(0, 500),
     shares=st.tuples(*[st.integers(0, 10)] * 3).filter(lambda values: sum(values) > 0),
