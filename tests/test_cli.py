@@ -75,8 +75,15 @@ def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
 
 
 def test_missing_model_path_is_a_one_line_error(tmp_path):
-    result = run_cli("sft", "--config", str(ROOT / "recipes/tiny/sft.yaml"), "--output_dir", str(tmp_path / "out"),
-                     "--model_name_or_path", str(tmp_path / "no-such-model"))
+    result = run_cli(
+        "sft",
+        "--config",
+        str(ROOT / "recipes/tiny/sft.yaml"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--model_name_or_path",
+        str(tmp_path / "no-such-model"),
+    )
     assert result.returncode == 2
     assert "no-such-model does not exist" in result.stderr
     assert "Traceback" not in result.stderr
@@ -85,8 +92,17 @@ def test_missing_model_path_is_a_one_line_error(tmp_path):
 def test_dataset_without_needed_columns_is_a_one_line_error(tmp_path, tiny_base_dir):
     data = tmp_path / "pairs.jsonl"
     data.write_text(json.dumps({"prompt": "Human: sort 2 1 Assistant:", "answer": " 1 2"}) + "\n")
-    result = run_cli("reward", "--config", str(ROOT / "recipes/tiny/reward.yaml"), "--output_dir",
-                     str(tmp_path / "out"), "--model_name_or_path", str(tiny_base_dir), "--datasets", str(data))
+    result = run_cli(
+        "reward",
+        "--config",
+        str(ROOT / "recipes/tiny/reward.yaml"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--model_name_or_path",
+        str(tiny_base_dir),
+        "--datasets",
+        str(data),
+    )
     assert result.returncode == 2
     assert "pairs.jsonl" in result.stderr
     assert "Traceback" not in result.stderr
@@ -95,8 +111,17 @@ def test_dataset_without_needed_columns_is_a_one_line_error(tmp_path, tiny_base_
 def test_empty_dataset_is_a_one_line_error(tmp_path, tiny_base_dir):
     data = tmp_path / "empty.jsonl"
     data.write_text("")
-    result = run_cli("sft", "--config", str(ROOT / "recipes/tiny/sft.yaml"), "--output_dir", str(tmp_path / "out"),
-                     "--model_name_or_path", str(tiny_base_dir), "--datasets", str(data))
+    result = run_cli(
+        "sft",
+        "--config",
+        str(ROOT / "recipes/tiny/sft.yaml"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--model_name_or_path",
+        str(tiny_base_dir),
+        "--datasets",
+        str(data),
+    )
     assert result.returncode == 2
     assert "empty" in result.stderr.lower()
     assert "Traceback" not in result.stderr
@@ -107,15 +132,31 @@ def test_non_empty_output_dir_is_never_overwritten_without_the_flag(tmp_path, ti
     output.mkdir()
     precious = output / "model.safetensors"
     precious.write_bytes(b"earlier result")
-    result = run_cli("sft", "--config", str(ROOT / "recipes/tiny/sft.yaml"), "--output_dir", str(output),
-                     "--model_name_or_path", str(tiny_base_dir))
+    result = run_cli(
+        "sft",
+        "--config",
+        str(ROOT / "recipes/tiny/sft.yaml"),
+        "--output_dir",
+        str(output),
+        "--model_name_or_path",
+        str(tiny_base_dir),
+    )
     assert result.returncode == 2
     assert "--overwrite_output_dir" in result.stderr
     assert precious.read_bytes() == b"earlier result"
 
 
 def test_ppo_without_any_reward_is_a_one_line_error(tmp_path, tiny_base_dir):
-    result = run_cli("ppo", "--config", str(ROOT / "recipes/tiny/ppo.yaml"), "--output_dir", str(tmp_path / "out"),
-                     "--model_name_or_path", str(tiny_base_dir), "--reward_model_path", "")
+    result = run_cli(
+        "ppo",
+        "--config",
+        str(ROOT / "recipes/tiny/ppo.yaml"),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--model_name_or_path",
+        str(tiny_base_dir),
+        "--reward_model_path",
+        "",
+    )
     assert result.returncode == 2
     assert "reward" in result.stderr

@@ -16,9 +16,26 @@ def test_tiny_e2e_with_zero2_meets_the_quality_bar(tmp_path):
     output = tmp_path / "run"
     environment = {**os.environ, "RLHF_TRL_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "rlhf_trl.cli", "e2e", "--recipe", "tiny", "--deployment-type", "cpu",
-         "--actor-zero-stage", "2", "--reward-zero-stage", "2", "--output-dir", str(output)],
-        env=environment, capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            "-m",
+            "rlhf_trl.cli",
+            "e2e",
+            "--recipe",
+            "tiny",
+            "--deployment-type",
+            "cpu",
+            "--actor-zero-stage",
+            "2",
+            "--reward-zero-stage",
+            "2",
+            "--output-dir",
+            str(output),
+        ],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     for step in (1, 2, 3):

@@ -18,8 +18,9 @@ def one_rollout(trainer):
 
 def test_missing_eos_penalty_lowers_only_unfinished_answers(tmp_path, tiny_base_dir, tiny_reward_dir):
     # One new token: answers that did not end with EOS get the penalty, the rest keep their score.
-    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, max_new_tokens=1, missing_eos_penalty=2.0,
-                    reward_clip=None)
+    trainer = build(
+        tmp_path, tiny_base_dir, tiny_reward_dir, max_new_tokens=1, missing_eos_penalty=2.0, reward_clip=None
+    )
     rollout = one_rollout(trainer)
     ended = (rollout.completion_ids == trainer.tokenizer.eos_token_id).any(dim=1).cpu()
     assert (~ended).any()
@@ -31,8 +32,7 @@ def test_reward_clip_bounds_scores(tmp_path, tiny_base_dir, tiny_reward_dir):
     def huge(prompts, completions, **_):
         return [100.0 * (index % 2 * 2 - 1) for index in range(len(prompts))]
 
-    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, reward_model=False, reward_funcs=[huge],
-                    reward_clip=5.0)
+    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, reward_model=False, reward_funcs=[huge], reward_clip=5.0)
     rollout = one_rollout(trainer)
     assert rollout.scores.abs().max().item() == 5.0
 
@@ -41,8 +41,15 @@ def test_running_score_normalization_centres_scores(tmp_path, tiny_base_dir, tin
     def offset(prompts, completions, **_):
         return [50.0 + len(text) for text in completions]
 
-    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, reward_model=False, reward_funcs=[offset],
-                    score_normalization="running", reward_clip=None)
+    trainer = build(
+        tmp_path,
+        tiny_base_dir,
+        tiny_reward_dir,
+        reward_model=False,
+        reward_funcs=[offset],
+        score_normalization="running",
+        reward_clip=None,
+    )
     rollout = one_rollout(trainer)
     assert rollout.raw_scores.mean().item() > 49
     assert abs(rollout.scores.mean().item()) < 1e-4
@@ -109,8 +116,16 @@ def test_weighted_reward_sources():
 
 
 def test_separate_actor_and_critic_learning_rates(tmp_path, tiny_base_dir, tiny_reward_dir):
-    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, learning_rate=1e-3, critic_learning_rate=5e-3,
-                    lr_scheduler_type="linear", critic_lr_scheduler_type="constant", max_steps=2)
+    trainer = build(
+        tmp_path,
+        tiny_base_dir,
+        tiny_reward_dir,
+        learning_rate=1e-3,
+        critic_learning_rate=5e-3,
+        lr_scheduler_type="linear",
+        critic_lr_scheduler_type="constant",
+        max_steps=2,
+    )
     trainer.train()
     actor_lr, critic_lr = trainer.scheduler.get_last_lr()
     assert critic_lr == pytest.approx(5e-3)

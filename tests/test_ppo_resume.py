@@ -19,18 +19,31 @@ STEPS = 6
 
 def ppo_command(output_dir, base_dir, reward_dir, *extra):
     return [
-        sys.executable, "-m", "rlhf_trl.scripts.ppo",
-        "--config", str(ROOT / "recipes/tiny/ppo.yaml"),
-        "--model_name_or_path", str(base_dir),
-        "--reward_model_path", str(reward_dir),
-        "--output_dir", str(output_dir),
-        "--max_steps", str(STEPS),
-        "--per_device_train_batch_size", "16",
-        "--save_steps", "2",
-        "--save_total_limit", "2",
-        "--eval_steps", "0",
-        "--logging_steps", "1",
-        "--plots", "false",
+        sys.executable,
+        "-m",
+        "rlhf_trl.scripts.ppo",
+        "--config",
+        str(ROOT / "recipes/tiny/ppo.yaml"),
+        "--model_name_or_path",
+        str(base_dir),
+        "--reward_model_path",
+        str(reward_dir),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        str(STEPS),
+        "--per_device_train_batch_size",
+        "16",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "2",
+        "--eval_steps",
+        "0",
+        "--logging_steps",
+        "1",
+        "--plots",
+        "false",
         *extra,
     ]
 
@@ -43,12 +56,21 @@ def metrics(output_dir):
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_base_dir, tiny_reward_dir):
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     reference_dir = tmp_path / "uninterrupted"
-    subprocess.run(ppo_command(reference_dir, tiny_base_dir, tiny_reward_dir), check=True, env=environment,
-                   capture_output=True, timeout=600)
+    subprocess.run(
+        ppo_command(reference_dir, tiny_base_dir, tiny_reward_dir),
+        check=True,
+        env=environment,
+        capture_output=True,
+        timeout=600,
+    )
 
     crashed_dir = tmp_path / "crashed"
-    process = subprocess.Popen(ppo_command(crashed_dir, tiny_base_dir, tiny_reward_dir), env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        ppo_command(crashed_dir, tiny_base_dir, tiny_reward_dir),
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 600
     while not (crashed_dir / "checkpoint-2" / "ppo_state.json").exists():
         assert process.poll() is None, "the run ended before its first checkpoint"
@@ -62,7 +84,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path, tiny_base_di
 
     resumed = subprocess.run(
         ppo_command(crashed_dir, tiny_base_dir, tiny_reward_dir, "--resume_from_checkpoint", "true"),
-        env=environment, capture_output=True, text=True, timeout=600,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = metrics(reference_dir), metrics(crashed_dir)

@@ -33,9 +33,20 @@ def test_ppo_steps_update_actor_and_critic_and_log_metrics(tmp_path, tiny_base_d
     assert not changed(reference_before, trainer.ref_model), "the reference model must stay frozen"
     lines = [json.loads(line) for line in (tmp_path / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [1, 2]
-    for key in ("objective/score", "objective/gold_score", "objective/kl", "objective/entropy", "policy/approx_kl",
-                "policy/clip_fraction", "value/loss", "value/clip_fraction", "response/length",
-                "time/generation_s", "time/scoring_s", "time/training_s"):
+    for key in (
+        "objective/score",
+        "objective/gold_score",
+        "objective/kl",
+        "objective/entropy",
+        "policy/approx_kl",
+        "policy/clip_fraction",
+        "value/loss",
+        "value/clip_fraction",
+        "response/length",
+        "time/generation_s",
+        "time/scoring_s",
+        "time/training_s",
+    ):
         assert key in lines[-1], key
     samples = (tmp_path / "ppo" / "samples.jsonl").read_text().splitlines()
     assert json.loads(samples[0])["gold_score"] is not None
@@ -106,8 +117,9 @@ def test_ptx_changes_the_language_model_loss_on_ptx_data(tmp_path, tiny_base_dir
             return trainer.policy(**batch, labels=labels).loss.item()
 
     # DS-Chat's coefficient; the same seed gives both runs the same prompts and samples at the start.
-    with_ptx = build(tmp_path / "a", tiny_base_dir, tiny_reward_dir, ptx_dataset=ptx, ptx_datasets=["x"],
-                     ptx_coef=27.8, max_steps=4)
+    with_ptx = build(
+        tmp_path / "a", tiny_base_dir, tiny_reward_dir, ptx_dataset=ptx, ptx_datasets=["x"], ptx_coef=27.8, max_steps=4
+    )
     without = build(tmp_path / "b", tiny_base_dir, tiny_reward_dir, max_steps=4)
     start = ptx_loss(without)
     with_ptx.train()
@@ -117,36 +129,56 @@ def test_ptx_changes_the_language_model_loss_on_ptx_data(tmp_path, tiny_base_dir
 
 
 def test_adaptive_kl_moves_coefficient_toward_target(tmp_path, tiny_base_dir, tiny_reward_dir):
-    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, adaptive_kl=True, kl_target=1e-6, kl_horizon=100,
-                    max_steps=3, learning_rate=1e-2)
+    trainer = build(
+        tmp_path,
+        tiny_base_dir,
+        tiny_reward_dir,
+        adaptive_kl=True,
+        kl_target=1e-6,
+        kl_horizon=100,
+        max_steps=3,
+        learning_rate=1e-2,
+    )
     trainer.train()
     assert trainer.kl_controller.value > 0.1, "KL above target must raise the coefficient"
 
 
 def test_ratio_blow_ups_are_skipped_then_stop_training(tmp_path, tiny_base_dir, tiny_reward_dir):
     # A ratio threshold below 1 makes every micro-batch count as a blow-up.
-    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, ratio_threshold=0.5, max_consecutive_skips=3,
-                    max_steps=4, num_ppo_epochs=1)
+    trainer = build(
+        tmp_path,
+        tiny_base_dir,
+        tiny_reward_dir,
+        ratio_threshold=0.5,
+        max_consecutive_skips=3,
+        max_steps=4,
+        num_ppo_epochs=1,
+    )
     before = snapshot(trainer.accelerator.unwrap_model(trainer.model).policy)
     with pytest.raises(TrainingDivergedError, match="in a row blew up"):
         trainer.train()
-    assert not changed(before, trainer.accelerator.unwrap_model(trainer.model).policy), "skipped updates changed weights"
+    assert not changed(before, trainer.accelerator.unwrap_model(trainer.model).policy), (
+        "skipped updates changed weights"
+    )
 
 
 def test_nan_loss_stops_with_a_named_error(tmp_path, tiny_base_dir, tiny_reward_dir):
     def nan_reward(prompts, completions, **_):
         return [float("nan")] * len(prompts)
 
-    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, reward_model=False, reward_funcs=[nan_reward],
-                    reward_clip=None)
+    trainer = build(
+        tmp_path, tiny_base_dir, tiny_reward_dir, reward_model=False, reward_funcs=[nan_reward], reward_clip=None
+    )
     trainer.reward.functions[0] = lambda prompts, completions, **_: [float("inf")] * len(prompts)
     with pytest.raises(TrainingDivergedError, match=r"step 0: (policy|value) loss"):
         trainer.train()
 
 
 def test_conversational_prompts_use_the_chat_template(tmp_path, tiny_base_dir, tiny_reward_dir):
-    records = [{"prompt": [{"role": "user", "content": r["prompt"][len("Human: "):-len(" Assistant:")]}]}
-               for r in make_records("ppo", 16)]
+    records = [
+        {"prompt": [{"role": "user", "content": r["prompt"][len("Human: ") : -len(" Assistant:")]}]}
+        for r in make_records("ppo", 16)
+    ]
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
     tokenizer.chat_template = (
         "{% for m in messages %}{% if m['role'] == 'user' %}Human: {{ m['content'] }} {% else %}"

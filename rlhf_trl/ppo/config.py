@@ -25,8 +25,10 @@ class PPOConfig(TrainingArguments):
     )
     reward_funcs: list[str] | None = field(
         default=None,
-        metadata={"help": "Python reward functions 'module:function' (TRL GRPO signature), used with or without "
-                  "a reward model."},
+        metadata={
+            "help": "Python reward functions 'module:function' (TRL GRPO signature), used with or without "
+            "a reward model."
+        },
     )
     reward_weights: list[float] | None = field(
         default=None,
@@ -40,8 +42,10 @@ class PPOConfig(TrainingArguments):
     )
     generation_batches: int = field(
         default=1,
-        metadata={"help": "Rollout batches of per_device_train_batch_size prompts collected before each update "
-                  "round (DS-Chat generation_batches)."},
+        metadata={
+            "help": "Rollout batches of per_device_train_batch_size prompts collected before each update "
+            "round (DS-Chat generation_batches)."
+        },
     )
     num_mini_batches: int = field(
         default=1, metadata={"help": "Mini-batches each rollout is split into for the PPO updates."}
@@ -77,8 +81,10 @@ class PPOConfig(TrainingArguments):
     )
     kl_loss_estimator: str = field(
         default="k3",
-        metadata={"help": "Estimator of the KL loss term when kl_in_reward is False. k1 has zero expected gradient as a "
-                  "loss, so it is refused; k3's gradient is that of KL(ref||policy), k2's that of KL(policy||ref)."},
+        metadata={
+            "help": "Estimator of the KL loss term when kl_in_reward is False. k1 has zero expected gradient as a "
+            "loss, so it is refused; k3's gradient is that of KL(ref||policy), k2's that of KL(policy||ref)."
+        },
     )
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef toward kl_target (Ziegler et al.)."})
     kl_target: float | None = field(default=None, metadata={"help": "Target KL per answer for adaptive_kl."})
@@ -88,8 +94,10 @@ class PPOConfig(TrainingArguments):
     )
     score_normalization: str = field(
         default="none",
-        metadata={"help": f"One of {SCORE_NORMALIZATIONS}: running mean/std of scores, or a fixed mean/std measured "
-                  "once on reference-policy samples before training."},
+        metadata={
+            "help": f"One of {SCORE_NORMALIZATIONS}: running mean/std of scores, or a fixed mean/std measured "
+            "once on reference-policy samples before training."
+        },
     )
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtract this from the score of answers that never produced EOS."}
@@ -122,8 +130,8 @@ class PPOConfig(TrainingArguments):
         default=8, metadata={"help": "Stop with an error after this many blown-up micro-batches in a row."}
     )
     critic_lora: bool = field(
-        default=True, metadata={"help": "With LoRA (use_peft): train the critic through adapters too (its score "
-                                "head fully)."},
+        default=True,
+        metadata={"help": "With LoRA (use_peft): train the critic through adapters too (its score head fully)."},
     )
     # Misc -----------------------------------------------------------------------------------------------------------
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in every model (DS-Chat)."})
@@ -163,7 +171,9 @@ class PPOConfig(TrainingArguments):
             if value not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {value!r}")
         if self.kl_loss_estimator not in ("k2", "k3"):
-            raise ValueError(f"kl_loss_estimator must be k2 or k3 (k1 has no useful gradient), got {self.kl_loss_estimator!r}")
+            raise ValueError(
+                f"kl_loss_estimator must be k2 or k3 (k1 has no useful gradient), got {self.kl_loss_estimator!r}"
+            )
         if self.adaptive_kl and self.kl_target is None:
             raise ValueError("adaptive_kl needs kl_target")
         if self.ptx_coef > 0 and not self.ptx_datasets:

@@ -67,7 +67,7 @@ class RolloutBackend(ABC):
         """prompt_ids, prompt_mask: [batch, prompt_len], left-padded. Returns the new tokens only:
         [batch, completion_len], padded on the right with the pad token after each sequence ends."""
 
-    def sync_weights(self) -> None:
+    def sync_weights(self) -> None:  # noqa: B027 - a no-op is right for backends that generate with the actor itself
         """Make the generation engine use the actor's latest weights (called after every PPO update)."""
 
 
@@ -93,4 +93,3 @@ class HFRollout(RolloutBackend):
                 )
             model.train(was_training)
         return output[:, prompt_ids.shape[1] :]
-

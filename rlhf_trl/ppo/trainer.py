@@ -21,8 +21,8 @@ import torch
 from accelerate import Accelerator
 from transformers import GenerationConfig
 
-from rlhf_trl.ppo import losses
 from rlhf_trl.ppo import checkpoint as checkpoints
+from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.experience import PromptSampler, Rollout, ScoreNormalizer
 from rlhf_trl.ppo.kl_control import build_kl_controller
@@ -135,7 +135,9 @@ class PPOTrainer:
 
         sources, self.reward_source_names = [], []
         if reward_model is not None:
-            scorer = RewardModelScorer(reward_model, reward_processing_class or processing_class, args.micro_batch_size)
+            scorer = RewardModelScorer(
+                reward_model, reward_processing_class or processing_class, args.micro_batch_size
+            )
             sources.append(scorer)
         sources.extend(reward_funcs or [])
         self.reward = CombinedReward(sources, args.reward_weights)
@@ -186,8 +188,9 @@ class PPOTrainer:
         for index, prompt in enumerate(dataset["prompt"]):
             if isinstance(prompt, list):
                 if not self.tokenizer.chat_template:
-                    raise ValueError(f"{name} record {index}: conversational prompt but the tokenizer has no chat "
-                                     "template")
+                    raise ValueError(
+                        f"{name} record {index}: conversational prompt but the tokenizer has no chat template"
+                    )
                 prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
             if not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"{name} record {index}: field 'prompt' is empty or not text")
@@ -295,9 +298,11 @@ class PPOTrainer:
     def next_batch(self) -> dict:
         """The next per-device batch of prompts, left-padded."""
         indices = self.sampler.next_indices()
-        return self._collate([self.train_prompts["text"][i] for i in indices],
-                             [self.train_prompts["ids"][i] for i in indices],
-                             {key: [values[i] for i in indices] for key, values in self.train_prompts["columns"].items()})
+        return self._collate(
+            [self.train_prompts["text"][i] for i in indices],
+            [self.train_prompts["ids"][i] for i in indices],
+            {key: [values[i] for i in indices] for key, values in self.train_prompts["columns"].items()},
+        )
 
     def _collate(self, texts, id_lists, columns) -> dict:
         length = max(len(ids) for ids in id_lists)
@@ -305,15 +310,21 @@ class PPOTrainer:
         input_ids = torch.tensor([[pad] * (length - len(ids)) + ids for ids in id_lists])
         mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in id_lists])
         device = self.accelerator.device
-        return {"prompts": texts, "columns": columns, "prompt_ids": input_ids.to(device), "prompt_mask": mask.to(device)}
+        return {
+            "prompts": texts,
+            "columns": columns,
+            "prompt_ids": input_ids.to(device),
+            "prompt_mask": mask.to(device),
+        }
 
     @torch.no_grad()
     def generate(self, batch: dict) -> Rollout:
         """Sample completions for a batch of prompts; everything after the first EOS becomes padding."""
         completion_ids = self.rollout.generate(batch["prompt_ids"], batch["prompt_mask"])
         if completion_ids.shape[1] == 0:  # every sequence stopped at once; keep one pad column so shapes hold
-            completion_ids = torch.full((completion_ids.shape[0], 1), self.tokenizer.pad_token_id,
-                                        device=completion_ids.device)
+            completion_ids = torch.full(
+                (completion_ids.shape[0], 1), self.tokenizer.pad_token_id, device=completion_ids.device
+            )
         mask = losses.completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         completion_ids = completion_ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
         completions = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
@@ -393,8 +404,14 @@ class PPOTrainer:
 
     def _ptx_loss(self):
         texts = random.sample(self.ptx_texts, min(self.args.micro_batch_size, len(self.ptx_texts)))
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right", truncation=True,
-                               max_length=self.args.max_prompt_length + self.args.max_new_tokens)
+        batch = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=self.args.max_prompt_length + self.args.max_new_tokens,
+        )
         batch = batch.to(self.accelerator.device)
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
         return self.policy(**batch, labels=labels).loss
@@ -419,16 +436,8 @@ class PPOTrainer:
                         )
                         if blown_up:
                             skipped += 1
-                            self.state["consecutive_skips"] += 1
-                            if self.state["consecutive_skips"] >= args.max_consecutive_skips:
-                                raise TrainingDivergedError(
-                                    f"step {self.state['global_step']}: {self.state['consecutive_skips']} micro-batches "
-                                    f"in a row blew up (ratio max {step_stats['policy/ratio_max']:.3g}); lower the "
-                                    "learning rate or raise ratio_threshold"
-                                )
                             loss = loss * 0.0  # keeps gradient-accumulation bookkeeping consistent on every rank
-                        else:
-                            self.state["consecutive_skips"] = 0
+                        self._count_blow_up(blown_up, step_stats)
                         self.accelerator.backward(loss)
                         if self.accelerator.sync_gradients:
                             self._check_gradients()
@@ -488,6 +497,15 @@ class PPOTrainer:
         )
         return stats, loss, blown_up
 
+    def _count_blow_up(self, blown_up: bool, stats: dict[str, float]) -> None:
+        """Track blown-up micro-batches in a row; too many stop training (earlier checkpoints stay intact)."""
+        self.state["consecutive_skips"] = self.state["consecutive_skips"] + 1 if blown_up else 0
+        if self.state["consecutive_skips"] >= self.args.max_consecutive_skips:
+            raise TrainingDivergedError(
+                f"step {self.state['global_step']}: {self.state['consecutive_skips']} micro-batches in a row blew up "
+                f"(ratio max {stats['policy/ratio_max']:.3g}); lower the learning rate or raise ratio_threshold"
+            )
+
     def _check_finite(self, tensor: torch.Tensor, name: str) -> None:
         if not torch.isfinite(tensor).all():
             raise TrainingDivergedError(
@@ -543,14 +561,16 @@ class PPOTrainer:
         self.state["episodes"] += len(rollout) * self.accelerator.num_processes
         metrics = self._rollout_metrics(rollout)
         metrics.update(update_stats)
-        metrics.update({
-            "time/generation_s": generated - started,
-            "time/scoring_s": scored - generated,
-            "time/training_s": trained - scored,
-            "lr/actor": self.scheduler.get_last_lr()[0],
-            "lr/critic": self.scheduler.get_last_lr()[-1],
-            "objective/kl_coef": self.kl_controller.value,
-        })
+        metrics.update(
+            {
+                "time/generation_s": generated - started,
+                "time/scoring_s": scored - generated,
+                "time/training_s": trained - scored,
+                "lr/actor": self.scheduler.get_last_lr()[0],
+                "lr/critic": self.scheduler.get_last_lr()[-1],
+                "objective/kl_coef": self.kl_controller.value,
+            }
+        )
         self.kl_controller.update(metrics["objective/kl"], self.args.rollout_batch_size)
         step = self.state["global_step"]
         if self.eval_prompts is not None and self.args.eval_steps and step % int(self.args.eval_steps) == 0:
@@ -601,10 +621,11 @@ class PPOTrainer:
                 policy = self.policy
                 was_training = policy.training
                 policy.eval()
-                output = policy.generate(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
-                                         generation_config=greedy)
+                output = policy.generate(
+                    input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], generation_config=greedy
+                )
                 policy.train(was_training)
-            new_tokens = output[:, batch["prompt_ids"].shape[1]:]
+            new_tokens = output[:, batch["prompt_ids"].shape[1] :]
             texts.extend(batch["prompts"])
             completions.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
             full_texts.extend(self.tokenizer.batch_decode(output, skip_special_tokens=True))
@@ -626,16 +647,25 @@ class PPOTrainer:
             handle.write(json.dumps(record) + "\n")
         with (self.output_dir / "samples.jsonl").open("a") as handle:
             for index in range(min(self.args.num_samples_to_log, len(rollout))):
-                handle.write(json.dumps({
-                    "step": step,
-                    "prompt": rollout.prompts[index],
-                    "completion": rollout.completions[index],
-                    "score": float(rollout.raw_scores[index]),
-                    "gold_score": None if rollout.gold_scores is None else float(rollout.gold_scores[index]),
-                }) + "\n")
+                handle.write(
+                    json.dumps(
+                        {
+                            "step": step,
+                            "prompt": rollout.prompts[index],
+                            "completion": rollout.completions[index],
+                            "score": float(rollout.raw_scores[index]),
+                            "gold_score": None if rollout.gold_scores is None else float(rollout.gold_scores[index]),
+                        }
+                    )
+                    + "\n"
+                )
         shown = ["objective/score", "objective/gold_score", "objective/kl", "policy/clip_fraction", "response/length"]
-        logger.info("step %d/%d  %s", step, self.max_steps,
-                    "  ".join(f"{key.split('/')[-1]}={metrics[key]:.3f}" for key in shown if key in metrics))
+        logger.info(
+            "step %d/%d  %s",
+            step,
+            self.max_steps,
+            "  ".join(f"{key.split('/')[-1]}={metrics[key]:.3f}" for key in shown if key in metrics),
+        )
 
     @torch.no_grad()
     def _measure_reference_scores(self) -> None:
@@ -646,8 +676,9 @@ class PPOTrainer:
         scores, _ = self.reward(rollout.prompts, rollout.completions, texts=texts, **rollout.columns)
         self.score_normalizer.update(self.accelerator.gather(scores.to(self.accelerator.device)).cpu())
         self.sampler.load_state_dict(saved_sampler)
-        logger.info("reference score normalisation: mean %.4f std %.4f", self.score_normalizer.mean,
-                    self.score_normalizer.std)
+        logger.info(
+            "reference score normalisation: mean %.4f std %.4f", self.score_normalizer.mean, self.score_normalizer.std
+        )
 
     # ------------------------------------------------------------------------------------------------ saving
     def save_checkpoint(self) -> Path:
@@ -705,9 +736,10 @@ class PPOTrainer:
         unwrapped = self.accelerator.unwrap_model(self.model)
         state_dict = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
-            policy_state = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
-            critic_state = {k[len("critic.model."):]: v for k, v in state_dict.items()
-                            if k.startswith("critic.model.")}
+            policy_state = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
+            critic_state = {
+                k[len("critic.model.") :]: v for k, v in state_dict.items() if k.startswith("critic.model.")
+            }
             unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state)
             unwrapped.critic.model.save_pretrained(output_dir / "critic", state_dict=critic_state)
             self.tokenizer.save_pretrained(output_dir)

@@ -33,9 +33,7 @@ KEY_METRICS = {
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="tiny", help="recipe name under recipes/ or a folder with the 3 YAMLs")
-    parser.add_argument(
-        "--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc."
-    )
+    parser.add_argument("--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc.")
     parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
     parser.add_argument("--reward-model", default=None, help="base model of step 2 (default: the recipe's)")
     parser.add_argument(
@@ -44,9 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["recipe", "sft"],
         help="where step 2 starts: the recipe's (or --reward-model) base (DS-Chat), or step 1's output (InstructGPT)",
     )
-    parser.add_argument(
-        "--deployment-type", default="cpu", choices=["cpu", "single_gpu", "single_node", "multi_node"]
-    )
+    parser.add_argument("--deployment-type", default="cpu", choices=["cpu", "single_gpu", "single_node", "multi_node"])
     parser.add_argument("--step", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     parser.add_argument("--actor-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
     parser.add_argument("--reward-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
@@ -68,12 +64,19 @@ def recipe_dir(recipe: str, variant: str | None = None) -> Path:
         path = RECIPES_DIR / recipe
     missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
     if not path.is_dir() or missing:
-        raise SystemExit(f"error: recipe {recipe!r} not found or incomplete (missing {', '.join(missing) or 'folder'})")
+        raise SystemExit(
+            f"error: recipe {recipe!r} not found or incomplete (missing {', '.join(missing) or 'folder'})"
+        )
     return path
 
 
 def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
-    arguments = ["--config", str(recipe / recipe_file(step, args.variant)), "--output_dir", str(output / STEP_DIRS[step])]
+    arguments = [
+        "--config",
+        str(recipe / recipe_file(step, args.variant)),
+        "--output_dir",
+        str(output / STEP_DIRS[step]),
+    ]
     if args.overwrite_output_dir:
         arguments.append("--overwrite_output_dir")
     if step == 1 and args.actor_model:

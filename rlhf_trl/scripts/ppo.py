@@ -1,7 +1,7 @@
 """Step 3: PPO with our PPOTrainer (actor from SFT, critic and reward from step 2, frozen reference).
 
-    rlhf-trl ppo --config recipes/tiny/ppo.yaml [--field value ...]
-    accelerate launch --config_file accelerate_configs/zero2.yaml -m rlhf_trl.scripts.ppo --config ...
+rlhf-trl ppo --config recipes/tiny/ppo.yaml [--field value ...]
+accelerate launch --config_file accelerate_configs/zero2.yaml -m rlhf_trl.scripts.ppo --config ...
 """
 
 from __future__ import annotations

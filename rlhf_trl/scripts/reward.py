@@ -1,6 +1,6 @@
 """Step 2: reward model with TRL's RewardTrainer (pairwise loss), or the K-wise trainer for ranked answers.
 
-    rlhf-trl reward --config recipes/tiny/reward.yaml [--field value ...]
+rlhf-trl reward --config recipes/tiny/reward.yaml [--field value ...]
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def pair_scores(model, tokenizer, dataset, limit: int = 1000) -> dict[str, list[
                 out.append(prompt + answer)
         return out
 
-    return {"chosen": scorer.score_texts(texts("chosen")).tolist(), "rejected": scorer.score_texts(texts("rejected")).tolist()}
+    return {
+        "chosen": scorer.score_texts(texts("chosen")).tolist(),
+        "rejected": scorer.score_texts(texts("rejected")).tolist(),
+    }
 
 
 def main(argv=None) -> int:

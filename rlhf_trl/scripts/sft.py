@@ -1,7 +1,7 @@
 """Step 1: supervised fine-tuning with TRL's SFTTrainer (loss on the completion by default).
 
-    rlhf-trl sft --config recipes/tiny/sft.yaml [--field value ...]
-    accelerate launch --config_file accelerate_configs/zero2.yaml -m rlhf_trl.scripts.sft --config ...
+rlhf-trl sft --config recipes/tiny/sft.yaml [--field value ...]
+accelerate launch --config_file accelerate_configs/zero2.yaml -m rlhf_trl.scripts.sft --config ...
 """
 
 from __future__ import annotations
