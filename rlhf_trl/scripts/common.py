@@ -132,10 +132,18 @@ def write_run_info(output_dir, step_name, model_args, data_args, training_args, 
     return info
 
 
-def finish_step(output_dir, run_args, training_args) -> None:
-    """Plots, model card and optional Hub push after a step has saved its checkpoint."""
+STEP_TITLES = {"sft": "step 1 (SFT)", "reward": "step 2 (reward model)", "ppo": "step 3 (PPO)"}
+
+
+def finish_step(output_dir, step_name, parsed, hyperparameter_keys, final_metrics, started) -> None:
+    """After a step saved its checkpoint (main process only): lineage record, plots, model card, optional Hub push
+    and the final metrics table. ``parsed`` is the (model, data, training, run) arguments tuple."""
     from rlhf_trl import hub, plots
 
+    model_args, data_args, training_args, run_args = parsed
+    write_run_info(
+        output_dir, step_name, model_args, data_args, training_args, hyperparameter_keys, final_metrics, started
+    )
     if run_args.plots:
         plots.plot_step(output_dir)
     hub.write_model_card(output_dir)
@@ -150,6 +158,7 @@ def finish_step(output_dir, run_args, training_args) -> None:
             token=training_args.hub_token,
         )
         logger.info("pushed %s to %s", output_dir, url)
+    print_table(STEP_TITLES[step_name], final_metrics)
 
 
 def print_table(title: str, rows: dict) -> None:

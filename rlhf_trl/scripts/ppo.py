@@ -26,9 +26,7 @@ from rlhf_trl.scripts.common import (
     parse_step_arguments,
     peft_config_or_none,
     prepare_output_dir,
-    print_table,
     run_step,
-    write_run_info,
 )
 
 HYPERPARAMETERS = [
@@ -76,9 +74,8 @@ def ptx_texts(data_args: DataArguments, datasets: list[str]):
 
 
 def main(argv=None) -> int:
-    model_args, data_args, training_args, run_args = parse_step_arguments(
-        (ModelConfig, DataArguments, PPOConfig, RunArguments), argv
-    )
+    parsed = parse_step_arguments((ModelConfig, DataArguments, PPOConfig, RunArguments), argv)
+    model_args, data_args, training_args, run_args = parsed
     started = time.time()
     resuming = bool(training_args.resume_from_checkpoint)
     output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir or resuming)
@@ -131,11 +128,7 @@ def main(argv=None) -> int:
     final_metrics["rollout_backend"] = trainer.rollout_backend_in_use
     trainer.save_model(str(output_dir))
     if trainer.accelerator.is_main_process:
-        write_run_info(
-            output_dir, "ppo", model_args, data_args, training_args, HYPERPARAMETERS, final_metrics, started
-        )
-        finish_step(output_dir, run_args, training_args)
-        print_table("step 3 (PPO)", final_metrics)
+        finish_step(output_dir, "ppo", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

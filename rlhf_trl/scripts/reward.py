@@ -24,9 +24,7 @@ from rlhf_trl.scripts.common import (
     parse_step_arguments,
     peft_config_or_none,
     prepare_output_dir,
-    print_table,
     run_step,
-    write_run_info,
 )
 
 HYPERPARAMETERS = [
@@ -65,9 +63,8 @@ def pair_scores(model, tokenizer, dataset, limit: int = 1000) -> dict[str, list[
 
 
 def main(argv=None) -> int:
-    model_args, data_args, training_args, run_args = parse_step_arguments(
-        (ModelConfig, DataArguments, RewardConfig, RunArguments), argv
-    )
+    parsed = parse_step_arguments((ModelConfig, DataArguments, RewardConfig, RunArguments), argv)
+    model_args, data_args, training_args, run_args = parsed
     started = time.time()
     output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
     model_path = resolve_model_name(model_args.model_name_or_path)
@@ -106,11 +103,7 @@ def main(argv=None) -> int:
             final_metrics["eval_mean_chosen_score"] = sum(chosen) / len(chosen)
             final_metrics["eval_mean_rejected_score"] = sum(rejected) / len(rejected)
         tokenizer.save_pretrained(str(output_dir))
-        write_run_info(
-            output_dir, "reward", model_args, data_args, training_args, HYPERPARAMETERS, final_metrics, started
-        )
-        finish_step(output_dir, run_args, training_args)
-        print_table("step 2 (reward model)", final_metrics)
+        finish_step(output_dir, "reward", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

@@ -23,9 +23,7 @@ from rlhf_trl.scripts.common import (
     parse_step_arguments,
     peft_config_or_none,
     prepare_output_dir,
-    print_table,
     run_step,
-    write_run_info,
 )
 
 HYPERPARAMETERS = [
@@ -51,9 +49,8 @@ def gold_prompts(dataset, limit: int = 200) -> list[str]:
 
 
 def main(argv=None) -> int:
-    model_args, data_args, training_args, run_args = parse_step_arguments(
-        (ModelConfig, DataArguments, SFTConfig, RunArguments), argv
-    )
+    parsed = parse_step_arguments((ModelConfig, DataArguments, SFTConfig, RunArguments), argv)
+    model_args, data_args, training_args, run_args = parsed
     started = time.time()
     output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
     model_path = resolve_model_name(model_args.model_name_or_path)
@@ -90,11 +87,7 @@ def main(argv=None) -> int:
         final_metrics["eval_gold_score"] = mean_gold_score(gold_function, trainer.model, tokenizer, prompts)
     if trainer.accelerator.is_main_process:
         tokenizer.save_pretrained(str(output_dir))
-        write_run_info(
-            output_dir, "sft", model_args, data_args, training_args, HYPERPARAMETERS, final_metrics, started
-        )
-        finish_step(output_dir, run_args, training_args)
-        print_table("step 1 (SFT)", final_metrics)
+        finish_step(output_dir, "sft", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 
