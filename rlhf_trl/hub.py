@@ -60,7 +60,9 @@ def merge_adapter(output_dir: Path, destination: Path) -> None:
         raise HubPushError(f"{output_dir}/adapter_config.json does not name its base model: cannot merge")
     is_classifier = adapter_config.get("task_type") == "SEQ_CLS"
     model_class = AutoPeftModelForSequenceClassification if is_classifier else AutoPeftModelForCausalLM
-    model = model_class.from_pretrained(output_dir)
+    # Reward models here have one label; the base of their adapter is often a causal LM whose config says nothing.
+    extra = {"num_labels": 1} if is_classifier else {}
+    model = model_class.from_pretrained(output_dir, **extra)
     model.merge_and_unload().save_pretrained(destination)
     has_tokenizer = (output_dir / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(

@@ -80,6 +80,9 @@ def model_init_kwargs(model_args) -> dict:
         kwargs["quantization_config"] = quantization_config
         # Quantized weights are placed at load time: this process's GPU, or the CPU (bitsandbytes >= 0.45 runs there).
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+        if model_args.dtype is None and not torch.cuda.is_available():
+            # The layers that stay unquantized (norms, heads) must match the float32 activations of CPU kernels.
+            kwargs["dtype"] = torch.float32
     return kwargs
 
 
@@ -91,6 +94,17 @@ def load_pretrained(model_class, name_or_path: str, what: str, **kwargs):
     except (OSError, ValueError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StepError(f"cannot load {what} {name_or_path}: {first_line}") from error
+
+
+def trainable_in_float32_on_cpu(model) -> None:
+    """TRL casts the trainable parameters of quantized models to bf16 (the QLoRA recipe). On CPU the bitsandbytes
+    kernels return float32 activations, and a bf16 head trained in full (the reward model's ``score``) would then
+    see mismatched dtypes, so trainable parameters go back to float32 there."""
+    if torch.cuda.is_available() or getattr(model.config, "quantization_config", None) is None:
+        return
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
 
 
 def peft_config_or_none(model_args):
@@ -126,6 +140,7 @@ def write_run_info(output_dir, step_name, model_args, data_args, training_args, 
         "command": " ".join(shlex.quote(part) for part in sys.argv),
         "wall_time_s": round(time.time() - started, 2),
         "lora": bool(model_args.use_peft),
+        "quantization": "8-bit" if model_args.load_in_8bit else ("4-bit" if model_args.load_in_4bit else None),
     }
     path = Path(output_dir) / "run_info.json"
     path.write_text(json.dumps(info, indent=2, default=str))

@@ -25,6 +25,7 @@ from rlhf_trl.scripts.common import (
     peft_config_or_none,
     prepare_output_dir,
     run_step,
+    trainable_in_float32_on_cpu,
 )
 
 HYPERPARAMETERS = [
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
         peft_config=peft_config_or_none(model_args),
         callbacks=[MetricsFileCallback(output_dir)],
     )
+    trainable_in_float32_on_cpu(trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(str(output_dir))
     final_metrics = trainer.evaluate() if data.eval is not None else {}
