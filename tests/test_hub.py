@@ -318,3 +318,38 @@ def test_push_help(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--hub_model_id" in capsys.readouterr().out
+
+
+def test_a_training_step_pushes_with_push_to_hub(tmp_path, tiny_base_dir):
+    """`rlhf-trl sft ... --push_to_hub --hub_model_id` uploads the final checkpoint with its lineage card."""
+    recipe = REPO_ROOT / "recipes" / "tiny" / "sft.yaml"
+    output = tmp_path / "sft"
+    with FakeHub() as hub:
+        environment = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token", "OMP_NUM_THREADS": "1"}
+        environment.update(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
+        command = [
+            sys.executable,
+            "-m",
+            "rlhf_trl.scripts.sft",
+            "--config",
+            str(recipe),
+            "--output_dir",
+            str(output),
+            "--model_name_or_path",
+            str(tiny_base_dir),
+            "--max_steps",
+            "3",
+            "--plots",
+            "false",
+            "--push_to_hub",
+            "--hub_model_id",
+            "carol/tiny-sft",
+            "--hub_private_repo",
+            "true",
+        ]
+        result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(created["visibility"] == "private" for created in hub.created)
+    assert "model.safetensors" in hub.files and "README.md" in hub.files
+    card = hub.files["README.md"].decode()
+    assert "sft" in card and "tiny-sort" in card
