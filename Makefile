@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 OUTPUT_DIR ?= outputs/demo
 
-.PHONY: install demo test test-fast test-gpu bench lint clean
+.PHONY: install demo test test-fast test-gpu bench bench-memory lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-gpu: install
 
 bench: install
 	$(VENV)/bin/rlhf-trl bench --preset cpu
+
+bench-memory: install
+	$(PY) -m rlhf_trl.bench_memory --size opt-125m --append
 
 lint: install
 	$(VENV)/bin/ruff check rlhf_trl tests

@@ -34,6 +34,7 @@ from rlhf_trl.ppo.modeling import (
     position_ids_from_mask,
 )
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
+from rlhf_trl.ppo.rollout import gathered_policy
 from rlhf_trl.rewards import CombinedReward, RewardModelScorer
 
 logger = logging.getLogger(__name__)
@@ -617,8 +618,7 @@ class PPOTrainer:
         texts, completions, full_texts = [], [], []
         for part in self._micro_batches(count, max(self.args.per_device_train_batch_size, 1)):
             batch = self._collate(prompts["text"][part], prompts["ids"][part], {})
-            with torch.no_grad():
-                policy = self.policy
+            with torch.no_grad(), gathered_policy(self.model, self.accelerator) as policy:
                 was_training = policy.training
                 policy.eval()
                 output = policy.generate(

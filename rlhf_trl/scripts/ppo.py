@@ -92,6 +92,12 @@ def main(argv=None) -> int:
     init_kwargs = model_init_kwargs(model_args)
     actor = load_pretrained(AutoModelForCausalLM, actor_path, "actor model", **init_kwargs)
     match_embeddings(actor, tokenizer)
+    reference = None
+    if not model_args.use_peft:
+        # Loaded on its own rather than copied: under ZeRO-3 the actor's weights are already partitioned at load time,
+        # and a copy of partitioned parameters is not a usable model. (With LoRA the reference is the base itself.)
+        reference = load_pretrained(AutoModelForCausalLM, actor_path, "actor model", **init_kwargs)
+        match_embeddings(reference, tokenizer)
     reward_model, reward_tokenizer = None, None
     if training_args.reward_model_path:
         reward_path = resolve_model_name(training_args.reward_model_path)
@@ -110,6 +116,7 @@ def main(argv=None) -> int:
         args=training_args,
         processing_class=tokenizer,
         model=actor,
+        ref_model=reference,
         value_model=critic,
         reward_model=reward_model,
         reward_processing_class=reward_tokenizer,
