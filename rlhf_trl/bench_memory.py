@@ -32,14 +32,6 @@ STEPS = ("sft", "reward", "ppo")
 MODES = {"full": "{step}.yaml", "8bit-lora": "{step}-8bit-lora.yaml"}
 SIZES = ("tiny", "opt-125m", "opt-350m")
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes" / "tiny"
-# Flags added to a run so that it runs at all, with the reason shown beside its numbers.
-WORKAROUNDS = {
-    ("reward", "8bit-lora"): (
-        ["--bf16", "true"],
-        "TRL's RewardTrainer casts the trainable parameters of a quantized model to bf16, the score head included, "
-        "which then fails on the fp32 activations of `bf16: false`; bf16 autocast avoids it",
-    )
-}
 # The first argument that turns this module into the measuring child (see run_child); not meant for users.
 CHILD_FLAG = "--measure-child"
 PEAK_FIELDS = ("peak_rss_mib", "train_peak_rss_mib", "cuda_peak_allocated_mib", "cuda_train_peak_allocated_mib")
@@ -52,7 +44,6 @@ RUN_FIELDS = (
     "train_peak_rss_mib",
     "file_rss_mib",
     "wall_s",
-    "workaround",
     "trainable_parameters",
     "cuda_peak_allocated_mib",
     "cuda_train_peak_allocated_mib",
@@ -245,16 +236,6 @@ def build_models(size: str, folder: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------------- the runs
-def workaround_flags(step: str, mode: str, enabled: bool = True) -> list[str]:
-    """The WORKAROUNDS flags of a run, with use_cpu where bf16 is asked for without CUDA."""
-    import torch
-
-    flags = list(WORKAROUNDS[step, mode][0]) if enabled and (step, mode) in WORKAROUNDS else []
-    if "--bf16" in flags and not torch.cuda.is_available():
-        flags += ["--use_cpu", "true"]
-    return flags
-
-
 def script_arguments(step: str, mode: str, models: dict, output_dir: Path, options: argparse.Namespace) -> list[str]:
     """Flags of one run: the recipe, the built models, and a short run (evaluation on one record, no plots or gold
     scoring, one optimizer step per PPO step so that --steps means the same in every step)."""
@@ -267,7 +248,6 @@ def script_arguments(step: str, mode: str, models: dict, output_dir: Path, optio
         "--gradient_accumulation_steps", "1", "--max_train_samples", str(max(64, options.steps * options.batch_size)),
         "--max_eval_samples", "1", "--report_to", "none",
     ]  # fmt: skip
-    arguments += workaround_flags(step, mode, options.workarounds)
     if step == "ppo":
         arguments += [
             "--reward_model_path", models["classifier"]["path"], "--num_mini_batches", "1", "--num_ppo_epochs", "1",
@@ -292,11 +272,9 @@ def measure(step: str, mode: str, models: dict, workdir: Path, options: argparse
     run = {field: None for field in RUN_FIELDS}
     if result_path.exists():
         run.update(json.loads(result_path.read_text()))
-    workaround = workaround_flags(step, mode, options.workarounds)
     run.update(
         step=step, mode=mode, recipe=f"recipes/tiny/{MODES[mode].format(step=step)}", wall_s=round(wall, 1),
-        exit_code=completed.returncode, workaround=shlex.join(workaround) if workaround else None,
-        command=shlex.join([f"python -m rlhf_trl.scripts.{step}", *arguments]),
+        exit_code=completed.returncode, command=shlex.join([f"python -m rlhf_trl.scripts.{step}", *arguments]),
     )  # fmt: skip
     if completed.returncode != 0:
         run["log_tail"] = log_path.read_text(errors="replace")[-3000:]
@@ -333,7 +311,6 @@ def run_benchmark(options: argparse.Namespace) -> dict:
         "parameters": {name: model["parameters"] for name, model in models.items()},
         "steps": options.steps,
         "batch_size": options.batch_size,
-        "workarounds": options.workarounds,
         "runs": runs,
         "ratios": ratios(runs),
     }
@@ -354,7 +331,7 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     rows = []
     for run in result["runs"]:
         ratio = result["ratios"].get(run["step"], {}) if run["mode"] == "8bit-lora" else {}
-        mode = run["mode"] + ("*" if run.get("workaround") else "")
+        mode = run["mode"]
         if run["exit_code"] != 0:
             mode += f" (failed, exit {run['exit_code']})"
         row = [run["step"], mode]
@@ -370,15 +347,6 @@ def table_rows(result: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def footnotes(result: dict) -> list[str]:
-    """One line per run that needed WORKAROUNDS flags."""
-    return [
-        f"\\* {run['step']} {run['mode']} ran with `{run['workaround']}`: {WORKAROUNDS[run['step'], run['mode']][1]}."
-        for run in result["runs"]
-        if run.get("workaround")
-    ]
-
-
 def print_table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -392,8 +360,6 @@ def print_table(result: dict) -> None:
     console = Console()
     console.width = max(console.width, 140)  # a pipe reports 80 columns, too narrow for the table
     console.print(table)
-    for line in footnotes(result):
-        console.print(line.replace("\\", ""), markup=False)
 
 
 def format_section(result: dict, command: str, when: datetime.datetime) -> str:
@@ -409,7 +375,6 @@ def format_section(result: dict, command: str, when: datetime.datetime) -> str:
         ]
     )
     parameters = result["parameters"]
-    notes = "".join(f"\n{line}\n" for line in footnotes(result))
     title = f"Peak memory, full fine-tuning vs 8-bit LoRA, `{result['size']}`, {when.strftime('%Y-%m-%d %H:%M UTC')}"
     return (
         f"## {title}\n\n"
@@ -426,7 +391,7 @@ def format_section(result: dict, command: str, when: datetime.datetime) -> str:
         "part of RSS in mapped files (RssFile) at the last optimizer step, clean pages the kernel can reclaim "
         "(shared libraries; with 8-bit loading, the checkpoint it read whole and keeps mapped). Wall time includes "
         "start-up and loading.\n\n"
-        f"{table}\n{notes}"
+        f"{table}\n"
     )
 
 
@@ -451,12 +416,6 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--mode", nargs="+", choices=list(MODES), default=list(MODES), help="modes to measure (default: both)"
-    )
-    parser.add_argument(
-        "--no-workarounds",
-        dest="workarounds",
-        action="store_false",
-        help="run every recipe exactly as it is (see WORKAROUNDS: a run may then fail)",
     )
     parser.add_argument("--output-json", help="also write the raw measurements here")
     parser.add_argument("--benchmarks-file", default="BENCHMARKS.md", help="markdown file --append writes to")

@@ -33,7 +33,7 @@ def test_tiny_run_reports_every_field(tiny_run):
     (run,) = result["runs"]
     assert set(bench_memory.RUN_FIELDS) <= set(run)
     assert run["step"] == "sft" and run["mode"] == "full" and run["exit_code"] == 0
-    assert run["recipe"] == "recipes/tiny/sft.yaml" and run["workaround"] is None
+    assert run["recipe"] == "recipes/tiny/sft.yaml"
     assert run["peak_rss_mib"] > 50, "a Python process with torch holds far more than 50 MiB"
     assert 0 < run["train_peak_rss_mib"] <= run["peak_rss_mib"]
     # Full fine-tuning: the optimizer holds every parameter of the causal LM.
@@ -63,7 +63,7 @@ def test_append_adds_one_section(tmp_path, monkeypatch, tiny_run, capsys):
     assert "| sft | full |" in text and "python -m rlhf_trl.bench_memory --size tiny" in text
 
 
-def test_ratios_and_workaround_marks():
+def test_ratios_and_table_rows():
     runs = [
         {"step": "sft", "mode": "full", "exit_code": 0, "peak_rss_mib": 1000.0, "train_peak_rss_mib": 800.0},
         {"step": "sft", "mode": "8bit-lora", "exit_code": 0, "peak_rss_mib": 600.0, "train_peak_rss_mib": 200.0},
@@ -72,22 +72,11 @@ def test_ratios_and_workaround_marks():
     ]
     assert bench_memory.ratios(runs) == {"sft": {"peak_rss_mib": 0.6, "train_peak_rss_mib": 0.25}}
     for run in runs:
-        flagged = (run["step"], run["mode"]) in bench_memory.WORKAROUNDS
-        run.update(trainable_parameters=10, wall_s=1.0, workaround="--bf16 true" if flagged else None)
+        run.update(trainable_parameters=10, wall_s=1.0)
     result = {"runs": runs, "ratios": bench_memory.ratios(runs)}
     _, rows = bench_memory.table_rows(result)
     assert rows[1][:6] == ["sft", "8bit-lora", "600", "0.60", "200", "0.25"]
-    assert rows[3][1] == "8bit-lora* (failed, exit 1)"
-    (footnote,) = bench_memory.footnotes(result)
-    assert footnote.startswith("\\* reward 8bit-lora ran with `--bf16 true`: TRL's RewardTrainer")
-
-
-def test_workaround_flags():
-    assert bench_memory.workaround_flags("sft", "8bit-lora") == []
-    flags = bench_memory.workaround_flags("reward", "8bit-lora")
-    assert flags[:2] == ["--bf16", "true"]
-    assert ("--use_cpu" in flags) == (not torch.cuda.is_available())
-    assert bench_memory.workaround_flags("reward", "8bit-lora", enabled=False) == []
+    assert rows[3][1] == "8bit-lora (failed, exit 1)"
 
 
 @pytest.mark.parametrize(("size", "parameters"), [("opt-125m", 125_239_296), ("opt-350m", 331_196_416)])
