@@ -103,10 +103,11 @@ class PPOTrainer:
             model, value_model = self._add_adapters(model, value_model, peft_config)
         self.ref_model = None
         if not self.is_peft:
-            if ref_model is None and plugin is not None and plugin.zero_stage == 3:
+            # DeepSpeed tags the parameters it partitioned (ZeRO-3 loading) with ds_id; those cannot be copied.
+            if ref_model is None and any(hasattr(parameter, "ds_id") for parameter in model.parameters()):
                 raise ValueError(
-                    "under ZeRO-3 pass ref_model loaded with from_pretrained: the actor's weights are partitioned at "
-                    "load time and cannot be copied into a reference"
+                    "the actor's weights were partitioned by ZeRO-3 at load time and cannot be copied into a "
+                    "reference: pass ref_model loaded with from_pretrained"
                 )
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
         if args.disable_dropout:
