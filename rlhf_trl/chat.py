@@ -32,7 +32,9 @@ def load_causal_lm(path: str | Path):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = Path(path)
+    from rlhf_trl.models import TINY_BASE, resolve_model_name
+
+    path = Path(resolve_model_name(str(path)) if str(path) == TINY_BASE else path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist")
     adapter_config = path / "adapter_config.json"
