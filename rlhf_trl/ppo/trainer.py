@@ -24,8 +24,10 @@ from transformers import GenerationConfig
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.config import PPOConfig
+from rlhf_trl.ppo.distributed import DistributedSetupMixin
 from rlhf_trl.ppo.experience import PromptSampler, Rollout, ScoreNormalizer
 from rlhf_trl.ppo.kl_control import build_kl_controller
+from rlhf_trl.ppo.metrics import MetricsMixin
 from rlhf_trl.ppo.modeling import (
     PolicyAndValueWrapper,
     completion_logprobs,
@@ -34,7 +36,7 @@ from rlhf_trl.ppo.modeling import (
     position_ids_from_mask,
 )
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
-from rlhf_trl.ppo.rollout import gathered_policy
+from rlhf_trl.ppo.persistence import PersistenceMixin
 from rlhf_trl.rewards import CombinedReward, RewardModelScorer
 
 logger = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ class TrainingDivergedError(RuntimeError):
     """NaN/inf in a loss or gradient, or repeated ratio blow-ups: training stops, earlier checkpoints stay."""
 
 
-class PPOTrainer:
+class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
     """PPO with an actor, a frozen reference, a critic and reward sources (reward model and/or functions).
 
     Args:
@@ -215,44 +217,6 @@ class PPOTrainer:
             return self.args.max_steps
         per_epoch = self.sampler.batches_per_epoch // self.args.generation_batches
         return max(1, int(math.ceil(self.args.num_train_epochs * per_epoch)))
-
-    def _configure_deepspeed(self, model) -> None:
-        """Fill the DeepSpeed config's batch fields: our loop feeds micro-batches itself, so no dataloader tells
-        Accelerate what 'auto' means."""
-        plugin = self.accelerator.state.deepspeed_plugin
-        if plugin is None:
-            return
-        config = plugin.deepspeed_config
-        config["train_micro_batch_size_per_gpu"] = self.args.micro_batch_size
-        config["gradient_accumulation_steps"] = self.args.gradient_accumulation_steps
-        config["train_batch_size"] = (
-            self.args.micro_batch_size * self.args.gradient_accumulation_steps * self.accelerator.num_processes
-        )
-        if config.get("gradient_clipping") == "auto":
-            config["gradient_clipping"] = self.args.max_grad_norm
-        hidden = getattr(model.config, "hidden_size", None)
-        zero = config.get("zero_optimization", {})
-        for key, value in {
-            "reduce_bucket_size": hidden * hidden if hidden else 5e8,
-            "stage3_prefetch_bucket_size": int(0.9 * hidden * hidden) if hidden else 5e8,
-            "stage3_param_persistence_threshold": 10 * hidden if hidden else 1e6,
-        }.items():
-            if zero.get(key) == "auto":
-                zero[key] = value
-        for precision, enabled in (("bf16", self.args.bf16), ("fp16", self.args.fp16)):
-            if config.get(precision, {}).get("enabled") == "auto":
-                config[precision]["enabled"] = bool(enabled)
-
-    def _prepare_frozen(self, model):
-        """Reference and reward models: no optimizer; sharded with ZeRO-3 under DeepSpeed, else moved to device."""
-        if model is None:
-            return None
-        model.requires_grad_(False).eval()
-        if self.accelerator.state.deepspeed_plugin is not None:
-            from trl.models.utils import prepare_deepspeed
-
-            return prepare_deepspeed(model, self.accelerator)
-        return model.to(self.accelerator.device)
 
     def _generation_config(self) -> GenerationConfig:
         args = self.args
@@ -586,94 +550,6 @@ class PPOTrainer:
             self._log(metrics, rollout)
         return metrics
 
-    def _gathered_mean(self, tensor: torch.Tensor) -> float:
-        return self.accelerator.gather(tensor.float().reshape(-1).to(self.accelerator.device)).mean().item()
-
-    def _rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
-        mask = rollout.completion_mask.float()
-        kl_per_answer = (rollout.kl * mask).sum(dim=1)
-        non_score = -self.kl_controller.value * kl_per_answer
-        ended = losses.has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).float()
-        metrics = {
-            "objective/score": self._gathered_mean(rollout.raw_scores),
-            "objective/shaped_score": self._gathered_mean(rollout.scores),
-            "objective/kl": self._gathered_mean(kl_per_answer),
-            "objective/non_score_reward": self._gathered_mean(non_score),
-            "objective/rlhf_reward": self._gathered_mean(rollout.scores + non_score),
-            "objective/advantage_mean": self._gathered_mean(losses.masked_mean(rollout.advantages, mask)),
-            "value/mean": self._gathered_mean(losses.masked_mean(rollout.values, mask)),
-            "response/length": self._gathered_mean(mask.sum(dim=1)),
-            "response/no_eos_fraction": 1.0 - self._gathered_mean(ended),
-            "episodes": float(self.state["episodes"]),
-        }
-        metrics["objective/entropy"] = self._gathered_mean(-(rollout.logprobs * mask).sum(dim=1))
-        for name, values in rollout.score_parts.items():
-            if len(rollout.score_parts) > 1:
-                metrics[f"objective/score_{name}"] = self._gathered_mean(torch.nan_to_num(values))
-        if rollout.gold_scores is not None:
-            metrics["objective/gold_score"] = self._gathered_mean(rollout.gold_scores)
-        return metrics
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Greedy answers on held-out prompts: mean reward score, and gold score where a gold scorer exists."""
-        prompts = self.eval_prompts
-        count = min(len(prompts["text"]), self.args.eval_prompts_limit)
-        greedy = copy.deepcopy(self.generation_config)
-        greedy.do_sample, greedy.temperature, greedy.top_k, greedy.top_p = False, 1.0, None, None
-        texts, completions, full_texts = [], [], []
-        for part in self._micro_batches(count, max(self.args.per_device_train_batch_size, 1)):
-            batch = self._collate(prompts["text"][part], prompts["ids"][part], {})
-            with torch.no_grad(), gathered_policy(self.model, self.accelerator) as policy:
-                was_training = policy.training
-                policy.eval()
-                output = policy.generate(
-                    input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], generation_config=greedy
-                )
-                policy.train(was_training)
-            new_tokens = output[:, batch["prompt_ids"].shape[1] :]
-            texts.extend(batch["prompts"])
-            completions.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-            full_texts.extend(self.tokenizer.batch_decode(output, skip_special_tokens=True))
-        columns = {key: values[:count] for key, values in prompts["columns"].items()}
-        scores, _ = self.reward(texts, completions, texts=full_texts, **columns)
-        metrics = {"eval/score": scores.mean().item()}
-        if self.gold is not None:
-            metrics["eval/gold_score"] = self.gold(texts, completions, **columns)[0].mean().item()
-        return metrics
-
-    def _log(self, metrics: dict[str, float], rollout: Rollout) -> None:
-        step = self.state["global_step"]
-        record = {"step": step, **{key: round(float(value), 6) for key, value in metrics.items()}}
-        self.log_history.append(record)
-        if not self.accelerator.is_main_process:
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with (self.output_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        with (self.output_dir / "samples.jsonl").open("a") as handle:
-            for index in range(min(self.args.num_samples_to_log, len(rollout))):
-                handle.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "prompt": rollout.prompts[index],
-                            "completion": rollout.completions[index],
-                            "score": float(rollout.raw_scores[index]),
-                            "gold_score": None if rollout.gold_scores is None else float(rollout.gold_scores[index]),
-                        }
-                    )
-                    + "\n"
-                )
-        shown = ["objective/score", "objective/gold_score", "objective/kl", "policy/clip_fraction", "response/length"]
-        logger.info(
-            "step %d/%d  %s",
-            step,
-            self.max_steps,
-            "  ".join(f"{key.split('/')[-1]}={metrics[key]:.3f}" for key in shown if key in metrics),
-        )
-
-    @torch.no_grad()
     def _measure_reference_scores(self) -> None:
         """score_normalization='reference': fix mean/std once from samples of the untrained (reference) policy."""
         saved_sampler = self.sampler.state_dict()
@@ -685,72 +561,3 @@ class PPOTrainer:
         logger.info(
             "reference score normalisation: mean %.4f std %.4f", self.score_normalizer.mean, self.score_normalizer.std
         )
-
-    # ------------------------------------------------------------------------------------------------ saving
-    def save_checkpoint(self) -> Path:
-        """Everything a resume needs, written atomically; the oldest beyond save_total_limit are removed."""
-        step = self.state["global_step"]
-        if self.accelerator.is_main_process:
-            checkpoints.staging_dir(self.output_dir, step)
-        self.accelerator.wait_for_everyone()
-        staging = checkpoints.staging_path(self.output_dir, step)
-        # Model, optimizer, scheduler and every RNG (python, numpy, torch) go through Accelerate.
-        self.accelerator.save_state(str(staging / "accelerator"))
-        if self.ema is not None and self.accelerator.is_main_process:
-            torch.save(self.ema.state_dict(), staging / "ema.pt")
-        state = {
-            "trainer": self.state,
-            "sampler": self.sampler.state_dict(),
-            "kl_controller": self.kl_controller.state_dict(),
-            "score_normalizer": self.score_normalizer.state_dict(),
-            "timings": self.timings,
-        }
-        final = None
-        if self.accelerator.is_main_process:
-            final = checkpoints.commit(staging, self.output_dir, step, state, self.args.save_total_limit)
-            logger.info("saved checkpoint %s", final)
-        self.accelerator.wait_for_everyone()
-        return final
-
-    def _load_checkpoint(self, path: Path) -> None:
-        state = checkpoints.read_state(path)
-        self.accelerator.load_state(str(path / "accelerator"))
-        if self.ema is not None:
-            self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.accelerator.device))
-        self.state.update(state["trainer"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.kl_controller.load_state_dict(state["kl_controller"])
-        self.score_normalizer.load_state_dict(state["score_normalizer"])
-        self.timings.update(state["timings"])
-        self._truncate_metrics(self.state["global_step"])
-        logger.info("resumed from %s at step %d", path, self.state["global_step"])
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop log lines written after the checkpoint, so a resumed run's logs read like an uninterrupted one."""
-        if not self.accelerator.is_main_process:
-            return
-        for name in ("metrics.jsonl", "samples.jsonl"):
-            path = self.output_dir / name
-            if path.exists():
-                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-                path.write_text("".join(line + "\n" for line in kept))
-
-    def save_model(self, output_dir: str | None = None) -> None:
-        """Actor (full weights or LoRA adapter) to output_dir, critic to output_dir/critic, EMA to output_dir/ema."""
-        output_dir = Path(output_dir or self.args.output_dir)
-        self.accelerator.wait_for_everyone()
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        state_dict = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
-            policy_state = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
-            critic_state = {
-                k[len("critic.model.") :]: v for k, v in state_dict.items() if k.startswith("critic.model.")
-            }
-            unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state)
-            unwrapped.critic.model.save_pretrained(output_dir / "critic", state_dict=critic_state)
-            self.tokenizer.save_pretrained(output_dir)
-            self.tokenizer.save_pretrained(output_dir / "critic")
-            if self.ema is not None:
-                self.ema.save_pretrained(output_dir / "ema")
-                self.tokenizer.save_pretrained(output_dir / "ema")
-        self.accelerator.wait_for_everyone()
