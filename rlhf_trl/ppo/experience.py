@@ -80,7 +80,9 @@ class PromptSampler:
             raise ValueError(f"the prompt dataset has {size} prompts, fewer than one global batch ({global_batch})")
         self.size, self.per_device_batch, self.global_batch = size, per_device_batch, global_batch
         self.process_index, self.seed = process_index, seed
-        self.batches_per_epoch = size // global_batch  # the last partial batch is dropped (counted in the log)
+        self.batches_per_epoch = size // global_batch
+        # The last partial batch of each epoch is left out (the trainer logs how many prompts that is).
+        self.dropped_per_epoch = size - self.batches_per_epoch * global_batch
         self.epoch, self.batch_index = 0, 0
         self._order = self._permutation(0)
 

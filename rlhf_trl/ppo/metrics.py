@@ -9,7 +9,7 @@ import torch
 
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.experience import Rollout
-from rlhf_trl.ppo.rollout import gathered_policy
+from rlhf_trl.ppo.rollout import HFRollout
 
 
 class MetricsMixin:
@@ -49,19 +49,15 @@ class MetricsMixin:
         greedy = copy.deepcopy(self.generation_config)
         greedy.do_sample, greedy.temperature, greedy.top_k, greedy.top_p = False, 1.0, None, None
         texts, completions, full_texts = [], [], []
+        # Plain HF generate (whatever the training backend), so evaluations compare across backends.
+        generator = HFRollout(self.model, self.tokenizer, greedy, self.accelerator)
         for part in self._micro_batches(count, max(self.args.per_device_train_batch_size, 1)):
             batch = self._collate(prompts["text"][part], prompts["ids"][part], {})
-            with torch.no_grad(), gathered_policy(self.model, self.accelerator) as policy:
-                was_training = policy.training
-                policy.eval()
-                output = policy.generate(
-                    input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"], generation_config=greedy
-                )
-                policy.train(was_training)
-            new_tokens = output[:, batch["prompt_ids"].shape[1] :]
+            new_tokens = generator.generate(batch["prompt_ids"], batch["prompt_mask"])
             texts.extend(batch["prompts"])
             completions.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-            full_texts.extend(self.tokenizer.batch_decode(output, skip_special_tokens=True))
+            whole = torch.cat([batch["prompt_ids"], new_tokens], dim=1)
+            full_texts.extend(self.tokenizer.batch_decode(whole, skip_special_tokens=True))
         columns = {key: values[:count] for key, values in prompts["columns"].items()}
         scores, _ = self.reward(texts, completions, texts=full_texts, **columns)
         metrics = {"eval/score": scores.mean().item()}

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import set_seed
 from transformers import GenerationConfig
 
 from rlhf_trl.ppo import checkpoint as checkpoints
@@ -91,7 +92,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
             cpu=args.use_cpu and not deepspeed_launch,
         )
-        self._seed_everything(args.seed)
+        set_seed(args.seed)
         plugin = self.accelerator.state.deepspeed_plugin
         logger.info(
             "accelerate: %s on %s, %d process(es)%s",
@@ -131,6 +132,13 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             self.accelerator.num_processes,
             args.seed,
         )
+        if self.sampler.dropped_per_epoch:
+            logger.warning(
+                "%d of %d prompts per epoch are left out: they do not fill a whole batch of %d across processes",
+                self.sampler.dropped_per_epoch,
+                self.sampler.size,
+                self.sampler.global_batch,
+            )
         self.max_steps = self._total_steps()
 
         wrapper = PolicyAndValueWrapper(model, value_model)
@@ -142,7 +150,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         if self.ema is not None:
             self.ema.to(self.accelerator.device)
 
-        sources, self.reward_source_names = [], []
+        sources = []
         if reward_model is not None:
             scorer = RewardModelScorer(
                 reward_model, reward_processing_class or processing_class, args.micro_batch_size
@@ -157,7 +165,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         self.generation_config = self._generation_config()
         self.rollout = self._build_rollout()
 
-        self.state = {"global_step": 0, "consecutive_skips": 0, "episodes": 0, "dropped_prompts": 0}
+        self.state = {"global_step": 0, "consecutive_skips": 0, "episodes": 0}
         self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "training_s": 0.0}
         self.output_dir = Path(args.output_dir)
         self.log_history: list[dict] = []
@@ -180,12 +188,6 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             critic_config = replace_fields(peft_config, task_type="SEQ_CLS", modules_to_save=["score"])
             value_model = get_peft_model(prepare(value_model), critic_config)
         return model, value_model
-
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
 
     def _prepare_prompts(self, dataset, name: str) -> dict:
         """Text prompts (chat template applied to conversational ones), tokenized and left-truncated."""

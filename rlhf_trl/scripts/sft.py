@@ -49,6 +49,19 @@ def gold_prompts(dataset, limit: int = 200) -> list[str]:
     return prompts
 
 
+def mean_gold_score(gold_function, model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> float:
+    """Mean gold score of the model's greedy answers (generated in eval mode, as the chat command does)."""
+    from rlhf_trl.chat import ChatSession, GenerationSettings
+
+    was_training = model.training
+    model.eval()
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=64)
+    completions = ChatSession(model, tokenizer, settings).complete(list(prompts))
+    model.train(was_training)
+    scores = gold_function(prompts=list(prompts), completions=completions)
+    return float(sum(scores) / len(scores))
+
+
 def main(argv=None) -> int:
     parsed = parse_step_arguments((ModelConfig, DataArguments, SFTConfig, RunArguments), argv)
     model_args, data_args, training_args, run_args = parsed
@@ -66,7 +79,6 @@ def main(argv=None) -> int:
     gold_function, prompts = None, gold_prompts(data.eval)
     if run_args.gold_scorer and prompts:
         from rlhf_trl.rewards import load_reward_function
-        from rlhf_trl.sampling import mean_gold_score
 
         gold_function = load_reward_function(run_args.gold_scorer)
         final_metrics["base_gold_score"] = mean_gold_score(gold_function, model, tokenizer, prompts)
