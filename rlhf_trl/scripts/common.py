@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import sys
 import time
@@ -56,12 +55,12 @@ def check_model_path(name_or_path: str | None, what: str) -> str:
     """Fail early on a missing local model folder; hub names are left to from_pretrained."""
     if not name_or_path:
         raise StepError(f"no {what} given (set model_name_or_path)")
-    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").replace("/", os.sep, 1)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise StepError(f"{what} {name_or_path} has no config.json: not a Hugging Face model folder")
-    elif looks_local and name_or_path.count("/") != 1:
+    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        # Hub ids are 'name' or 'org/name'; anything else is a local path that is not there.
         raise StepError(f"{what} {name_or_path} does not exist")
     return name_or_path
 
