@@ -233,8 +233,9 @@ def test_push_uploads_checkpoint_and_fresh_card(full_checkpoint, monkeypatch):
     assert hub.created == [{"name": "tiny-sft", "organization": "alice", "visibility": "private", "type": "model"}]
     expected = {name for name in before if not name.startswith("checkpoint-")}
     assert set(hub.files) == expected  # README.md is replaced, the trainer checkpoint stays local
-    for name in expected - {"README.md"}:
+    for name in expected - {"README.md", "run_info.json"}:
         assert hub.files[name] == (full_checkpoint / name).read_bytes(), name
+    assert json.loads(hub.files["run_info.json"]) == json.loads((full_checkpoint / "run_info.json").read_text())
     metadata, body = split_card(hub.files["README.md"].decode())
     assert metadata["tags"] == ["rlhf-trl", "trl", "sft"] and "![loss](plots/loss.png)" in body
     assert hub.commits[0]["summary"] == "rlhf-trl: upload sft output step1_sft"
