@@ -284,3 +284,77 @@ def test_unwritable_output_dir_is_one_line(tmp_path, tiny_base_dir):
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and f"cannot write {blocker / 'out'}" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ e2e
+class FakeSteps:
+    """Stands in for the launched step processes of `rlhf-trl e2e`: records each launch and finishes the step
+    (run_info.json), or fails the steps named in ``failing`` after leaving a complete checkpoint behind."""
+
+    def __init__(self, failing=()):
+        self.failing = set(failing)
+        self.launched: list[tuple[int, list[str]]] = []
+
+    def __call__(self, command, log_path):
+        from rlhf_trl.scripts.e2e import STEP_MODULES
+
+        step = next(number for number, module in STEP_MODULES.items() if module in command)
+        arguments = command[command.index(STEP_MODULES[step]) + 1 :]
+        self.launched.append((step, arguments))
+        step_dir = Path(arguments[arguments.index("--output_dir") + 1])
+        step_dir.mkdir(parents=True, exist_ok=True)
+        with log_path.open("a") as log:
+            log.write(f"attempt of step {step}\n")
+        if step in self.failing:
+            (step_dir / "checkpoint-2").mkdir(exist_ok=True)
+            (step_dir / "checkpoint-2" / "trainer_state.json").write_text("{}")
+            return 1
+        info = {"step_name": str(step), "final_metrics": {}, "wall_time_s": 1.0}
+        (step_dir / "run_info.json").write_text(json.dumps(info))
+        return 0
+
+
+def test_e2e_rerun_with_resume_skips_finished_steps(tmp_path, monkeypatch, capsys):
+    from rlhf_trl import report
+    from rlhf_trl.scripts import e2e
+
+    monkeypatch.setattr(report, "write_report", lambda run_dir: Path(run_dir) / "report.html")
+    output = tmp_path / "run"
+    base = ["--recipe", "tiny", "--output-dir", str(output), "--samples", "0"]
+    first = FakeSteps(failing={2})
+    monkeypatch.setattr(e2e, "run_logged", first)
+    assert e2e.main(base) == 1
+    assert [step for step, _ in first.launched] == [1, 2]
+    assert "rerun with --resume" in capsys.readouterr().err
+
+    refused = FakeSteps()
+    monkeypatch.setattr(e2e, "run_logged", refused)
+    assert e2e.main(base) == 2
+    message = capsys.readouterr().err
+    assert "--resume" in message and refused.launched == []
+
+    second = FakeSteps()
+    monkeypatch.setattr(e2e, "run_logged", second)
+    assert e2e.main([*base, "--resume"]) == 0
+    assert [step for step, _ in second.launched] == [2, 3], "step 1 finished: not trained again"
+    step2_arguments = second.launched[0][1]
+    assert step2_arguments[step2_arguments.index("--resume_from_checkpoint") + 1] == "true"
+    assert "--overwrite_output_dir" not in step2_arguments
+    assert "step 1 (step1_sft) finished earlier" in capsys.readouterr().out
+    assert (output / "step2.log").read_text() == "attempt of step 2\nattempt of step 2\n", "logs keep both attempts"
+    assert not (output / LOCK_NAME).exists()
+
+    third = FakeSteps()
+    monkeypatch.setattr(e2e, "run_logged", third)
+    assert e2e.main([*base, "--overwrite_output_dir", "--step", "2", "3"]) == 0
+    assert [step for step, _ in third.launched] == [2, 3]
+    (previous,) = tmp_path.glob("run.previous-*")
+    assert sorted(path.name for path in previous.iterdir()) == [
+        "e2e_summary.json",
+        "step2.log",
+        "step2_reward",
+        "step3.log",
+        "step3_ppo",
+    ]
+    assert (output / "step1_sft" / "run_info.json").exists(), "step 1 was not chosen: it stays for step 2 and 3"
+    assert not (output / "step2_reward" / "checkpoint-2").exists()
