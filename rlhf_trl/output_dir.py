@@ -32,6 +32,7 @@ DISK_ERRNOS = {
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a file is in the way of a folder",
 }
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the others may come from reading as well
 
 
 class OutputDirError(RuntimeError):
@@ -48,7 +49,8 @@ def disk_error_line(error: BaseException, fallback_path: str | Path | None = Non
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in DISK_ERRNOS:
             where = current.filename or fallback_path or "the output folder"
-            return f"cannot write {where}: {DISK_ERRNOS[current.errno]}"
+            verb = "write" if current.errno in _WRITE_ERRNOS else "use"
+            return f"cannot {verb} {where}: {DISK_ERRNOS[current.errno]}"
         current = current.__cause__ or current.__context__
     return None
 
@@ -199,9 +201,15 @@ def checkpoints_in(folder: Path) -> list[Path]:
     return sorted(found, key=lambda path: int(CHECKPOINT_PATTERN.match(path.name).group(1)))
 
 
-def find_resume_checkpoint(folder: str | Path, resume_from_checkpoint) -> Path | None:
+def latest_complete_checkpoint(folder: Path) -> Path | None:
+    complete = [path for path in checkpoints_in(folder) if is_complete_checkpoint(path)]
+    return complete[-1] if complete else None
+
+
+def find_resume_checkpoint(folder: str | Path, resume_from_checkpoint, announce: bool = True) -> Path | None:
     """What ``--resume_from_checkpoint`` means: unset/false -> None; true -> the newest complete checkpoint in
-    ``folder`` (half-written ones are skipped with a note); a path -> that checkpoint, if complete."""
+    ``folder`` (half-written ones are skipped, with a note when ``announce``); a path -> that checkpoint, if
+    complete."""
     if resume_from_checkpoint in (None, False, "", "false", "False", "no"):
         return None
     folder = Path(folder)
@@ -209,7 +217,8 @@ def find_resume_checkpoint(folder: str | Path, resume_from_checkpoint) -> Path |
         for path in reversed(checkpoints_in(folder)):
             if is_complete_checkpoint(path):
                 return path
-            print(f"note: skipping {path}: half-written (no {' or '.join(COMPLETE_MARKERS)})", file=sys.stderr)
+            if announce:
+                print(f"note: skipping {path}: half-written (no {' or '.join(COMPLETE_MARKERS)})", file=sys.stderr)
         raise OutputDirError(f"--resume_from_checkpoint true: {folder} holds no complete checkpoint to resume from")
     path = Path(resume_from_checkpoint)
     if not path.is_dir():

@@ -282,7 +282,7 @@ def test_unwritable_output_dir_is_one_line(tmp_path, tiny_base_dir):
     result = run(sft_command(blocker / "out", tiny_base_dir, "--max_steps", "1"))
     assert result.returncode == 2
     lines = error_lines(result.stderr)
-    assert len(lines) == 1 and f"cannot write {blocker / 'out'}" in lines[0], result.stderr
+    assert len(lines) == 1 and f"cannot use {blocker / 'out'}: a file is in the way" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -18,11 +18,10 @@ from trl import TrlParser, get_peft_config, get_quantization_config
 from rlhf_trl.output_dir import (
     OutputDirError,
     OutputLock,
-    checkpoints_in,
     claim_output_dir,
     disk_error_line,
     find_resume_checkpoint,
-    is_complete_checkpoint,
+    latest_complete_checkpoint,
     release_held_locks,
     save_atomically,
     truncate_jsonl,
@@ -96,18 +95,13 @@ class StepOutput:
             line = disk_error_line(error, self.path)
             if line is None:
                 raise
-            kept = find_latest_complete(self.path)
+            kept = latest_complete_checkpoint(self.path)
             hint = f"; {kept} is kept: rerun with --resume_from_checkpoint true once there is room" if kept else ""
             raise StepError(line + hint) from error
 
     def release(self) -> None:
         if self.lock is not None:
             self.lock.release()
-
-
-def find_latest_complete(folder: Path) -> Path | None:
-    complete = [path for path in checkpoints_in(folder) if is_complete_checkpoint(path)]
-    return complete[-1] if complete else None
 
 
 def redacted_command() -> str:
@@ -142,7 +136,7 @@ def open_step_output(training_args, run_args) -> StepOutput:
         with training_args.main_process_first(desc="claiming the output folder"):
             if is_main_process:
                 lock = claim_output_dir(path, run_args.overwrite_output_dir, resuming, redacted_command())
-            resume = find_resume_checkpoint(path, requested)
+            resume = find_resume_checkpoint(path, requested, announce=is_main_process)
     except OutputDirError as error:
         if lock is not None:
             lock.release()

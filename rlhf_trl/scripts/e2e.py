@@ -19,9 +19,8 @@ from rlhf_trl.models import TINY_BASE
 from rlhf_trl.output_dir import (
     OutputDirError,
     OutputLock,
-    checkpoints_in,
     disk_error_line,
-    is_complete_checkpoint,
+    latest_complete_checkpoint,
     move_aside,
     visible_contents,
 )
@@ -101,7 +100,7 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
     if args.resume and visible_contents(step_dir):
         # An unfinished step: continue from its last complete checkpoint, or start it again with what it left
         # moved aside.
-        has_checkpoint = any(is_complete_checkpoint(path) for path in checkpoints_in(step_dir))
+        has_checkpoint = latest_complete_checkpoint(step_dir) is not None
         arguments += ["--resume_from_checkpoint", "true"] if has_checkpoint else ["--overwrite_output_dir"]
     if step == 1 and args.actor_model:
         arguments += ["--model_name_or_path", args.actor_model]
