@@ -5,6 +5,7 @@ and 2, groups with identical rewards, whitening over the whole batch, and the gr
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
 import pytest
@@ -465,3 +466,47 @@ def test_group_batch_sizes_check_the_estimator_and_positive_integers():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match="num_processes must be a positive integer"):
             group_batch_sizes(4, 2, num_processes=bad)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The TRL reference harness (benchmarks/trl_reference): its command line, without training anything
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_reference_harness():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "trl_reference" / "run_trl_reference.py"
+    spec = importlib.util.spec_from_file_location("run_trl_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_reference_harness_help(capsys):
+    harness = load_reference_harness()
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--num-samples" in capsys.readouterr().out
+
+
+def test_reference_harness_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    harness = load_reference_harness()
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    common = ["--sft-model", str(model), "--reward-model", str(model), "--output-dir", str(tmp_path / "out")]
+    cases = [
+        (["--trainer", "grpo", *common[:1], str(tmp_path / "missing"), *common[2:]], "--sft-model .*no config.json"),
+        (["--trainer", "grpo", *common, "--num-generations", "1"], "--num-generations 1"),
+        (["--trainer", "rloo", *common, "--loss-type", "dr_grpo"], "GRPO options"),
+        (["--trainer", "grpo", *common, "--num-samples", "0"], "--num-samples must be >= 1"),
+    ]
+    for argv, message in cases:
+        assert harness.main(argv) == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1
+        assert re.search(message, error)
+    assert not (tmp_path / "out").exists()  # nothing loaded or written before the input was checked
