@@ -53,7 +53,7 @@ TRL_LOSS_TYPES = {"token_mean": ("bnpo", "dapo"), "sequence_mean": ("grpo",), "d
 DEFAULT_STD_EPS = 1e-4
 
 
-# Checks and small helpers
+# Checks and shared building blocks
 
 
 def _check_estimator(estimator: str) -> None:
