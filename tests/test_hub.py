@@ -462,3 +462,52 @@ def test_a_training_step_pushes_with_push_to_hub(tmp_path, tiny_base_dir):
     for name, content in hub.files.items():
         assert STEP_SECRET.encode() not in content, name
     assert STEP_SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_chat_reward_step_resumes_into_its_folder_and_pushes_the_allow_list(tmp_path, tiny_chat_dir):
+    """A Llama-style chat model on conversational pairs: `rlhf-trl reward` with a token, then a resume into the
+    same folder (no --overwrite_output_dir) that continues metrics.jsonl and pushes only what a model repo needs."""
+    from rlhf_trl.tiny.chat_model import conversational_records
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in conversational_records("reward", 64)))
+    output = tmp_path / "reward"
+    common = [sys.executable, "-m", "rlhf_trl.scripts.reward", "--config", str(REPO_ROOT / "recipes/tiny/reward.yaml")]
+    common += ["--model_name_or_path", str(tiny_chat_dir), "--datasets", str(data), "--output_dir", str(output)]
+    common += ["--per_device_train_batch_size", "8", "--logging_steps", "1", "--plots", "false"]
+    common += ["--save_strategy", "steps", "--save_steps", "1", "--hub_token", STEP_SECRET]
+    with FakeHub() as hub:
+        environment = {**os.environ, "HF_ENDPOINT": hub.endpoint, "OMP_NUM_THREADS": "1"}
+        environment.update(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
+        first = subprocess.run(
+            [*common, "--max_steps", "2"], env=environment, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
+        )
+        assert first.returncode == 0, first.stderr[-3000:]
+        resumed = subprocess.run(
+            [*common, "--max_steps", "3", "--resume_from_checkpoint", "true", "--push_to_hub"]
+            + ["--hub_model_id", "dave/chat-reward"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO_ROOT,
+        )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {output / 'checkpoint-2'}" in resumed.stderr
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line and "train_runtime" not in line] == [1, 2, 3]
+    assert set(hub.files) == {
+        "README.md",
+        "run_info.json",
+        "metrics.jsonl",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    }
+    assert (output / "eval_scores.json").exists() and (output / "training_args.bin").exists()  # kept local
+    for path in output.rglob("*"):
+        assert not path.is_file() or STEP_SECRET.encode() not in path.read_bytes(), path
+    assert all(STEP_SECRET.encode() not in content for content in hub.files.values())
