@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 LOCK_NAME = ".rlhf-trl.lock"
+STAGING_NAME = ".saving-final-model"  # where the final model is written before it is renamed into place
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 # Written last into a checkpoint by the Trainer (SFT, reward) and by our PPO checkpoints: present = complete.
 COMPLETE_MARKERS = ("trainer_state.json", "ppo_state.json")
@@ -172,6 +173,8 @@ def claim_output_dir(folder: str | Path, overwrite: bool, resuming: bool, comman
         raise OutputDirError(disk_error_line(error, folder) or f"cannot use output_dir {folder}: {error}") from error
     try:
         if resuming:
+            for leftover in folder.glob(f"{STAGING_NAME}*"):
+                shutil.rmtree(leftover, ignore_errors=True)  # a final save the earlier run did not finish
             return lock
         if overwrite:
             moved = move_aside(folder)
@@ -236,9 +239,6 @@ def truncate_jsonl(path: Path, step: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ final save
-STAGING_NAME = ".saving-final-model"
-
-
 def save_atomically(folder: str | Path, save: Callable[[Path], None], is_main_process: bool = True) -> None:
     """Run ``save(staging)`` into a temporary folder inside ``folder``, then rename its entries into place.
 
@@ -247,9 +247,7 @@ def save_atomically(folder: str | Path, save: Callable[[Path], None], is_main_pr
     write. Every process calls this (savers gather weights collectively); only the main one touches the folder.
     """
     folder = Path(folder)
-    staging = folder / STAGING_NAME
-    if is_main_process:
-        shutil.rmtree(staging, ignore_errors=True)  # left over from a crash during an earlier save
+    staging = folder / STAGING_NAME  # a leftover of a crashed save was removed when the folder was claimed
     try:
         save(staging)
     except BaseException:

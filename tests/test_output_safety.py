@@ -18,6 +18,7 @@ import pytest
 
 from rlhf_trl.output_dir import (
     LOCK_NAME,
+    STAGING_NAME,
     OutputDirError,
     claim_output_dir,
     find_resume_checkpoint,
@@ -157,6 +158,15 @@ def test_overwrite_moves_the_earlier_run_aside(tmp_path):
     (previous,) = tmp_path.glob("run.previous-*")
     assert (previous / "metrics.jsonl").read_text() == '{"step": 4, "loss": 1.0}\n'
     assert (previous / "checkpoint-4" / "trainer_state.json").exists()
+    lock.release()
+
+
+def test_a_resume_clears_an_unfinished_final_save_and_keeps_the_rest(tmp_path):
+    (tmp_path / STAGING_NAME).mkdir()
+    (tmp_path / STAGING_NAME / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')
+    lock = claim_output_dir(tmp_path, overwrite=False, resuming=True)
+    assert sorted(path.name for path in tmp_path.iterdir()) == [LOCK_NAME, "metrics.jsonl"]
     lock.release()
 
 
