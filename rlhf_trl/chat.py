@@ -135,10 +135,13 @@ def encode_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
 
 
 def as_chat_prompt(tokenizer, prompt: Prompt) -> Prompt:
-    """A plain prompt becomes one user message when the tokenizer has a chat template (as ``rlhf-trl chat`` does
-    with what the user types); conversations, and prompts for models without a template, stay as they are."""
+    """A plain prompt becomes a conversation when the tokenizer has a chat template, as ``rlhf-trl chat`` does with
+    what the user types: a DS-Chat transcript (``Human: ... Assistant:``) is split into its turns, other text is one
+    user message. Conversations, and prompts for models without a template, stay as they are."""
+    from rlhf_trl.data.conversation import transcript_to_messages
+
     if tokenizer.chat_template and not is_conversation(prompt):
-        return [{"role": "user", "content": prompt}]
+        return transcript_to_messages(prompt)
     return prompt
 
 
