@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         session = ChatSession.from_pretrained(arguments.path, settings, arguments.trust_remote_code)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as every command reports it
 
     def write(text: str) -> None:
         sys.stdout.write(text)

@@ -506,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         arguments.run(arguments)
     except (ValueError, OSError) as error:  # bad input or settings (EvalInputError is a ValueError), missing files
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as every command reports it
     return 0
 
 
