@@ -382,3 +382,23 @@ def test_sft_command_on_messages_reports_the_gold_score(tmp_path, tiny_chat_dir)
     assert sft_cli(arguments) == 0
     metrics = json.loads((tmp_path / "out" / "run_info.json").read_text())["final_metrics"]
     assert 0.0 <= metrics["base_gold_score"] <= 1.0 and 0.0 <= metrics["eval_gold_score"] <= 1.0
+
+
+def test_kwise_rankings_are_read_like_trl_pairs(tmp_path, tiny_chat_reward_dir):
+    """Ranked conversational answers are tokenized exactly as RewardTrainer tokenizes the same pairs."""
+    from rlhf_trl.kwise import KWiseRewardTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_reward_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_chat_reward_dir, num_labels=1)
+    pairs = _held_out_pairs()[:4]
+    ranked = [{"prompt": pair["prompt"], "responses": [pair["chosen"], pair["rejected"]]} for pair in pairs]
+    args = RewardConfig(output_dir=str(tmp_path / "kwise"), max_steps=1, **_cpu())
+    kwise = KWiseRewardTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(ranked), processing_class=tokenizer
+    ).train_dataset
+    pairwise = RewardTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(pairs), processing_class=tokenizer
+    ).train_dataset
+    assert [ids[0] for ids in kwise["response_ids"]] == pairwise["chosen_ids"]
+    assert [ids[1] for ids in kwise["response_ids"]] == pairwise["rejected_ids"]
+    assert all(ids.count(tokenizer.bos_token_id) == 1 for ids in pairwise["chosen_ids"])
