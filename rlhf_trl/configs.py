@@ -11,7 +11,10 @@ class RunArguments:
 
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing into a non-empty output_dir. Without it a step refuses to start there."},
+        metadata={
+            "help": "Move the earlier contents of a non-empty output_dir aside (to <output_dir>.previous-<time>) and "
+            "start afresh. Without it a step refuses to start there; --resume_from_checkpoint true continues it."
+        },
     )
     merge_lora: bool = field(
         default=False,

@@ -159,8 +159,9 @@ def move_aside(folder: Path, entries: list[Path] | None = None) -> Path | None:
 def claim_output_dir(folder: str | Path, overwrite: bool, resuming: bool, command: str = "") -> OutputLock:
     """Make ``folder`` this run's: create it, lock it, and refuse or move aside what an earlier run left.
 
-    A resume continues in the folder as it is; ``overwrite`` moves earlier contents to ``<folder>.previous-*``;
-    otherwise a non-empty folder is refused with a message naming both ways on. Returns the held lock.
+    A resume of the folder's own run continues in it as it is; ``overwrite`` moves earlier contents to
+    ``<folder>.previous-*``; otherwise a non-empty folder is refused with a message naming both ways on. Returns the
+    held lock.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
@@ -209,11 +210,25 @@ def latest_complete_checkpoint(folder: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def wants_resume(resume_from_checkpoint) -> bool:
+    """Whether a ``--resume_from_checkpoint`` value asks for a resume (true or a path) at all."""
+    return resume_from_checkpoint not in (None, False, "", "false", "False", "no")
+
+
+def resumes_inside(folder: str | Path, resume_from_checkpoint) -> bool:
+    """Whether the resume continues the run of ``folder`` itself (true, or a checkpoint inside it)."""
+    if resume_from_checkpoint in (True, "true", "True", "yes"):
+        return True
+    return wants_resume(resume_from_checkpoint) and Path(resume_from_checkpoint).resolve().is_relative_to(
+        Path(folder).resolve()
+    )
+
+
 def find_resume_checkpoint(folder: str | Path, resume_from_checkpoint, announce: bool = True) -> Path | None:
     """What ``--resume_from_checkpoint`` means: unset/false -> None; true -> the newest complete checkpoint in
     ``folder`` (half-written ones are skipped, with a note when ``announce``); a path -> that checkpoint, if
     complete."""
-    if resume_from_checkpoint in (None, False, "", "false", "False", "no"):
+    if not wants_resume(resume_from_checkpoint):
         return None
     folder = Path(folder)
     if resume_from_checkpoint in (True, "true", "True", "yes"):

@@ -22,6 +22,7 @@ from rlhf_trl.output_dir import (
     OutputDirError,
     claim_output_dir,
     find_resume_checkpoint,
+    resumes_inside,
     save_atomically,
 )
 from rlhf_trl.redaction import is_secret_name, redact_argv, redact_mapping
@@ -184,6 +185,10 @@ def test_resume_picks_the_newest_complete_checkpoint(tmp_path, capsys):
         find_resume_checkpoint(tmp_path, str(tmp_path / "checkpoint-99"))
     with pytest.raises(OutputDirError, match="no complete checkpoint"):
         find_resume_checkpoint(tmp_path / "empty", "true")
+    # Resuming from another folder's checkpoint starts a new run here (so --overwrite_output_dir may go with it).
+    assert resumes_inside(tmp_path, "true") and resumes_inside(tmp_path, str(tmp_path / "checkpoint-4"))
+    assert not resumes_inside(tmp_path / "new", str(tmp_path / "checkpoint-4"))
+    assert not resumes_inside(tmp_path, None) and not resumes_inside(tmp_path, "false")
 
 
 @pytest.mark.slow

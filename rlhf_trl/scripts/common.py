@@ -23,6 +23,7 @@ from rlhf_trl.output_dir import (
     find_resume_checkpoint,
     latest_complete_checkpoint,
     release_held_locks,
+    resumes_inside,
     save_atomically,
     truncate_jsonl,
 )
@@ -127,9 +128,11 @@ def open_step_output(training_args, run_args) -> StepOutput:
     training_args.push_to_hub = False
     path = Path(training_args.output_dir)
     requested = training_args.resume_from_checkpoint
-    resuming = requested not in (None, False, "", "false", "False", "no")
+    resuming = resumes_inside(path, requested)  # from another folder's checkpoint: this folder starts a new run
     if resuming and run_args.overwrite_output_dir:
-        raise StepError("--overwrite_output_dir moves the checkpoints aside: it cannot be combined with a resume")
+        raise StepError(
+            f"--overwrite_output_dir moves the checkpoints of {path} aside: it cannot be combined with resuming there"
+        )
     is_main_process = training_args.process_index == 0
     lock = None
     try:
