@@ -198,3 +198,13 @@ def test_trl_fraction_mixes_without_repeats(tmp_path):
     assert sum(prompt.startswith("a") for prompt in prompts) == 10 and len(prompts) == 20
     with pytest.raises(DataValidationError, match="fraction is set for some datasets"):
         load_step_datasets(DataArguments(datasets=[{"path": first, "fraction": 0.5}, second]), 1)
+
+
+def test_standard_implicit_prompt_without_transcript_markers(tmp_path):
+    records = [
+        {"chosen": "The sky is blue.", "rejected": "The sky is black."},
+        {"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: go away"},
+    ]
+    rows = load(write_jsonl(tmp_path / "pairs.jsonl", records), 2).train
+    by_prompt = {row["prompt"]: (row["chosen"], row["rejected"]) for row in rows}
+    assert by_prompt == {"The sky is": (" blue.", " black."), "Human: hi Assistant:": (" hello", " go away")}

@@ -161,7 +161,8 @@ def _check_prompt(raw: dict, max_prompt_chars: int | None) -> str | list[dict]:
 def _split_implicit_prompt(raw: dict) -> dict:
     """TRL's implicit-prompt pairs: chosen and rejected hold the whole conversation; the shared start is the prompt.
 
-    Text is cut after the last 'Assistant:' of the shared start; message lists after the last shared message.
+    Text is cut after the last 'Assistant:' of the shared start, or else before the first differing word; message
+    lists after the last shared message.
     """
     chosen, rejected = raw.get("chosen"), raw.get("rejected")
     if isinstance(chosen, str) and isinstance(rejected, str):
@@ -171,6 +172,12 @@ def _split_implicit_prompt(raw: dict) -> dict:
         cut = chosen.rfind(ANSWER_MARKER, 0, shared)
         if cut >= 0:
             cut += len(ANSWER_MARKER)
+        elif shared < min(len(chosen), len(rejected)):
+            # No transcript markers: the shared words are the prompt; the answers start at the space before the
+            # first word that differs (so a prompt never ends inside a word).
+            cut = max(chosen.rfind(" ", 0, shared + 1), chosen.rfind("\n", 0, shared + 1))
+            cut = cut if cut > 0 and chosen[:cut].strip() else -1
+        if cut >= 0:
             return {**raw, "prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
     elif isinstance(chosen, list) and isinstance(rejected, list):
         shared = 0
