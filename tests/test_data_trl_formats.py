@@ -208,3 +208,11 @@ def test_standard_implicit_prompt_without_transcript_markers(tmp_path):
     rows = load(write_jsonl(tmp_path / "pairs.jsonl", records), 2).train
     by_prompt = {row["prompt"]: (row["chosen"], row["rejected"]) for row in rows}
     assert by_prompt == {"The sky is": (" blue.", " black."), "Human: hi Assistant:": (" hello", " go away")}
+
+
+def test_unpaired_preference_only_gives_prompts(tmp_path):
+    records = [{"prompt": f"q{index}", "completion": "bad answer", "label": False} for index in range(4)]
+    path = write_jsonl(tmp_path / "unpaired.jsonl", records)
+    with pytest.raises(DataValidationError, match="cannot use unpaired preference"):
+        load(path, 1)  # SFT must not learn answers labelled bad
+    assert load(path, 3).train.column_names == ["prompt"]

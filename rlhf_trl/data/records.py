@@ -12,6 +12,7 @@ Kinds (TRL's dataset formats) and the steps that can use them (``STEPS_USING``):
   chosen), 2 and 3 (prompt).
 - ``kwise``     {"prompt", "responses" best-first, optional "scores"}: steps 1 (best answer), 2 and 3.
 - ``prompt_only`` {"prompt", ...}: step 3.
+- ``unpaired_preference`` {"prompt", "completion", "label"}: step 3 (its prompt); no step learns from its answers.
 When every step is given the same datasets list (DS-Chat's way), a dataset feeds the steps of ``STEPS_FED``
 instead: SFT data only step 1, as DS-Chat's SFT-only datasets.
 Text fields are strings; conversational fields are lists of ``{"role", "content"}`` messages. Prompts and the
@@ -28,9 +29,9 @@ from collections.abc import Iterable
 from .errors import DataValidationError, RecordProblem
 
 PAIRWISE, KWISE, SFT, CONVERSATION, PROMPT_ONLY = "pairwise", "kwise", "sft", "conversation", "prompt_only"
-TEXT = "text"
+TEXT, UNPAIRED = "text", "unpaired_preference"
 # Richest first: breaks ties when a file's records disagree about their kind.
-KINDS = (KWISE, PAIRWISE, CONVERSATION, SFT, PROMPT_ONLY, TEXT)
+KINDS = (KWISE, PAIRWISE, CONVERSATION, UNPAIRED, SFT, PROMPT_ONLY, TEXT)
 STEPS_USING = {
     PAIRWISE: (1, 2, 3),
     KWISE: (1, 2, 3),
@@ -38,13 +39,23 @@ STEPS_USING = {
     CONVERSATION: (1,),
     PROMPT_ONLY: (3,),
     TEXT: (1,),
+    UNPAIRED: (3,),
 }
 # DS-Chat's rule for one datasets list given to every step.
-STEPS_FED = {PAIRWISE: (1, 2, 3), KWISE: (1, 2, 3), SFT: (1,), CONVERSATION: (1,), PROMPT_ONLY: (3,), TEXT: (1,)}
+STEPS_FED = {
+    PAIRWISE: (1, 2, 3),
+    KWISE: (1, 2, 3),
+    SFT: (1,),
+    CONVERSATION: (1,),
+    PROMPT_ONLY: (3,),
+    TEXT: (1,),
+    UNPAIRED: (3,),
+}
 MULTI_STEP_KINDS = (PAIRWISE, KWISE)
 # How the formats are named to users.
 FORMAT_NAMES = {
     TEXT: "language modelling (text)",
+    UNPAIRED: "unpaired preference (prompt, completion, label)",
     CONVERSATION: "conversational language modelling (messages)",
     SFT: "prompt/completion",
     PAIRWISE: "preference (prompt, chosen, rejected)",
@@ -70,6 +81,8 @@ def detect_kind(raw: object) -> str | None:
         return PAIRWISE
     if "messages" in raw:
         return CONVERSATION
+    if "completion" in raw and "label" in raw:
+        return UNPAIRED  # a completion labelled good or bad: not a demonstration to learn from
     if "completion" in raw:
         return SFT
     if "prompt" in raw:
@@ -262,6 +275,8 @@ def normalize_record(raw: object, kind: str, max_prompt_chars: int | None = None
         return {"prompt": prompt, "completion": check_value(raw, "completion", conversational), **_extras(raw)}
     if kind == PROMPT_ONLY:
         return {"prompt": prompt, **_extras(raw)}
+    if kind == UNPAIRED:
+        return {"prompt": prompt, **{key: value for key, value in _extras(raw).items() if key != "label"}}
     raise ValueError(f"unknown record kind {kind!r}")
 
 
