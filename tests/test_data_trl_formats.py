@@ -216,3 +216,11 @@ def test_unpaired_preference_only_gives_prompts(tmp_path):
     with pytest.raises(DataValidationError, match="cannot use unpaired preference"):
         load(path, 1)  # SFT must not learn answers labelled bad
     assert load(path, 3).train.column_names == ["prompt"]
+
+
+def test_trl_builder_with_data_files(tmp_path):
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": f"p{index}", "chosen": "a", "rejected": "b"} for index in range(5)]
+    )
+    loaded = load_step_datasets(DataArguments(datasets=[{"path": "json", "data_files": path}], eval_split_ratio=0), 2)
+    assert sorted(loaded.train["prompt"]) == [f"p{index}" for index in range(5)]
