@@ -51,7 +51,6 @@ STEPS_FED = {
     TEXT: (1,),
     UNPAIRED: (3,),
 }
-MULTI_STEP_KINDS = (PAIRWISE, KWISE)
 # How the formats are named to users.
 FORMAT_NAMES = {
     TEXT: "language modelling (text)",
