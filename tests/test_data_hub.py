@@ -3,6 +3,8 @@ project's loading code, then loaded again offline from the cache with the server
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets.config
 import huggingface_hub.constants
 import pytest
@@ -85,7 +87,8 @@ def test_reward_step_trains_a_chat_model_on_a_hub_id(online_hub, tmp_path, tiny_
     repo = write_dataset_repo(tmp_path / "repo", {"train": PAIRS[:24], "test": PAIRS[24:]})
     output = tmp_path / "reward"
     with online_hub({"me/feedback": repo}):
-        arguments = ["--config", "recipes/tiny/reward.yaml", "--model_name_or_path", str(tiny_chat_dir)]
+        recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "reward.yaml"
+        arguments = ["--config", str(recipe), "--model_name_or_path", str(tiny_chat_dir)]
         arguments += ["--datasets", "me/feedback", "--output_dir", str(output), "--max_steps", "2"]
         arguments += ["--per_device_train_batch_size", "8", "--use_cpu", "true", "--plots", "false"]
         assert main(arguments) == 0
