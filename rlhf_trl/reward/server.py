@@ -30,14 +30,14 @@ def load_scorer(model: str | None, function: str | None, batch_size: int = 32):
         from rlhf_trl.reward.functions import resolve_reward_function
 
         return resolve_reward_function(function)
+    path = Path(model)
+    if not path.is_dir():  # before the slow imports, so a typo fails at once
+        raise ValueError(f"--model {model}: no such folder")
     import torch
 
     from rlhf_trl.evaluate import load_reward_model
     from rlhf_trl.rewards import RewardModelScorer
 
-    path = Path(model)
-    if not path.is_dir():
-        raise ValueError(f"--model {model}: no such folder")
     reward_model, tokenizer = load_reward_model(path)
     if torch.cuda.is_available():
         reward_model.to("cuda")
@@ -121,12 +121,10 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     arguments = make_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from rlhf_trl.evaluate import EvalInputError
-
     try:
         scorer = load_scorer(arguments.model, arguments.function, arguments.batch_size)
         server = make_server(scorer, arguments.host, arguments.port)
-    except (ValueError, EvalInputError, OSError) as error:
+    except (ValueError, OSError) as error:  # bad folder or spec (EvalInputError is a ValueError), port in use
         print(f"error: {error}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]
