@@ -85,7 +85,8 @@ class RemoteReward:
         self.timeout = _option(TIMEOUT_VARIABLE, DEFAULT_TIMEOUT_S, float) if timeout is None else timeout
         self.retries = int(_option(RETRIES_VARIABLE, DEFAULT_RETRIES, int)) if retries is None else retries
         self.backoff = backoff
-        self.__name__ = f"remote:{parts.hostname}:{parts.port or ('443' if parts.scheme == 'https' else '80')}"
+        # The name keys the per-source metric (objective/score_<name>): letters, digits, dots and underscores only.
+        self.__name__ = f"remote_{parts.hostname}_{parts.port or (443 if parts.scheme == 'https' else 80)}"
 
     def __repr__(self) -> str:
         return f"RemoteReward({self.url})"
