@@ -205,3 +205,32 @@ def test_ppo_raises_a_trl_builtin_reward(tmp_path, tiny_base_dir, tiny_reward_di
 def test_reward_function_objects_keep_trls_display_names():
     assert load_reward_function("get_repetition_penalty_reward").__name__ == "repetition_penalty_reward"
     assert RewardFunction(lambda prompts, completions, **kwargs: []).__name__ == "<lambda>"
+
+
+def test_ppo_with_a_chat_model_raises_a_trl_builtin_reward(tmp_path, tiny_chat_dir, tiny_chat_reward_dir):
+    from datasets import Dataset
+
+    from rlhf_trl.tiny.task import make_records
+
+    records = [
+        {"prompt": [{"role": "user", "content": record["prompt"][len("Human: ") : -len(" Assistant:")]}]}
+        for record in make_records("ppo", 32)
+    ]
+    overlong = load_reward_function("get_soft_overlong_punishment(max_completion_len=6, soft_punish_cache=5)")
+    trainer = build(
+        tmp_path,
+        tiny_chat_dir,
+        tiny_chat_reward_dir,
+        train=Dataset.from_list(records),
+        reward_model=False,
+        reward_funcs=[overlong],
+        max_steps=8,
+        kl_coef=0.0,
+        eval_steps=0,
+        whiten_advantages=True,
+    )
+    trainer.gold = None  # the sorting task's gold scorer is not what this test is about
+    wire_trl_reward_kwargs(trainer)
+    trainer.train()
+    scores = [record["objective/score"] for record in trainer.log_history]
+    assert sum(scores[-2:]) / 2 > scores[0] + 0.3, scores
