@@ -238,20 +238,13 @@ def test_serve_reward_bad_model_folder_is_one_line(tmp_path):
 
 
 def test_a_served_chat_reward_model_scores_like_in_process(tiny_chat_reward_dir):
-    from transformers import AutoTokenizer
-
     from rlhf_trl.evaluate import load_reward_model
     from rlhf_trl.reward.server import load_scorer
     from rlhf_trl.rewards import RewardModelScorer
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_reward_dir)
-    prompts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": f"sort {digits}"}], tokenize=False, add_generation_prompt=True
-        )
-        for digits in ("3 1 2", "9 8")
-    ]
-    completions = ["1 2 3", "9 8 8 8"]
+    # TRL's conversational forms, as the trainer hands them to reward sources: message lists travel as JSON.
+    prompts = [[{"role": "user", "content": f"sort {digits}"}] for digits in ("3 1 2", "9 8")]
+    completions = [[{"role": "assistant", "content": answer}] for answer in ("1 2 3", "9 8 8 8")]
     server = make_server(load_scorer(str(tiny_chat_reward_dir), None))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -260,4 +253,5 @@ def test_a_served_chat_reward_model_scores_like_in_process(tiny_chat_reward_dir)
         server.shutdown()
         server.server_close()
     model, tokenizer = load_reward_model(tiny_chat_reward_dir)
-    assert remote == pytest.approx(RewardModelScorer(model, tokenizer)(prompts, completions), abs=1e-5)
+    local = RewardModelScorer(model, tokenizer)(prompts, completions)
+    assert remote == pytest.approx(local, abs=1e-5) and len(set(local)) == 2
