@@ -132,6 +132,10 @@ def test_a_signature_without_kwargs_fails_with_one_line_naming_the_function():
     assert message.startswith("reward function two_arguments: cannot be called as TRL calls reward functions")
     assert "unexpected keyword argument 'completion_ids'" in message and "\n" not in message
 
+    overlong = load_reward_function("get_soft_overlong_punishment(max_completion_len=4, soft_punish_cache=3)")
+    with pytest.raises(RewardFunctionError, match=r"missing a required argument: 'completion_ids' \(this call passes"):
+        overlong(prompts=["a"], completions=["b"])  # a caller that leaves TRL's completion_ids out
+
     def buggy(prompts, completions, **kwargs):
         return [len(None) for _ in completions]
 

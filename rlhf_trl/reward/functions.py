@@ -112,10 +112,10 @@ class RewardFunction:
         try:
             signature.bind(prompts=prompts, completions=completions, **kwargs)
         except TypeError as error:
-            return (
-                f"cannot be called as TRL calls reward functions, f(prompts=..., completions=..., "
-                f"{', '.join(f'{key}=...' for key in kwargs)}): {error}; give it a **kwargs parameter"
-            )
+            passed = ", ".join(["prompts", "completions", *kwargs])
+            if "missing" in str(error):
+                return f"{error} (this call passes {passed})"
+            return f"cannot be called as TRL calls reward functions ({passed}): {error}; give it a **kwargs parameter"
         return None
 
 
@@ -216,7 +216,9 @@ class TRLRewardKwargs:
     - ``__init__``: ``self.reward_kwargs = TRLRewardKwargs()``
     - ``score()``, in the reward call: ``self.reward(rollout.prompts, completions, **rollout.columns,
       **self.reward_kwargs.for_batch(rollout.completion_ids, rollout.completion_mask, self.state["global_step"],
-      self.max_steps))``
+      self.max_steps))``; the same arguments in ``_measure_reference_scores()``, and in ``evaluate()`` with the
+      greedy answers' ids and ``losses.completion_mask`` of them (functions that need ``completion_ids``, such as
+      TRL's overlong punishment, fail with a one-line error naming them where a call leaves it out)
     - ``step()``, before logging: ``metrics.update(self.reward_kwargs.pop_metrics())``
 
     ``log_metric(name, value)`` values are averaged over the calls since the last ``pop_metrics`` (on this process)
