@@ -102,6 +102,8 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
         # moved aside.
         has_checkpoint = latest_complete_checkpoint(step_dir) is not None
         arguments += ["--resume_from_checkpoint", "true"] if has_checkpoint else ["--overwrite_output_dir"]
+    # Every step knows which datasets the others read, so data_split cuts only the datasets steps share.
+    arguments += ["--pipeline_configs", *(str(recipe / recipe_file(other, args.variant)) for other in STEP_RECIPES)]
     if step == 1 and args.actor_model:
         arguments += ["--model_name_or_path", args.actor_model]
     if step == 2 and args.reward_init == "sft":
