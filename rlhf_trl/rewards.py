@@ -20,8 +20,11 @@ def load_reward_function(spec: str) -> Callable:
         raise ValueError(f"reward function {spec!r} must look like 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r} ({error})") from error
+    except Exception as error:  # ImportError, or whatever the module raises while it loads (SyntaxError, ...)
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"reward function {spec!r}: cannot import module {module_name!r} ({type(error).__name__}: {detail})"
+        ) from error
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ValueError(f"reward function {spec!r}: module {module_name!r} has no callable {function_name!r}")
@@ -66,8 +69,25 @@ class RewardModelScorer:
         return self.score_texts([prompt + completion for prompt, completion in zip(prompts, completions)]).tolist()
 
 
+def first_invalid_score(parts: dict[str, torch.Tensor], prompts: Sequence[str]) -> str | None:
+    """A one-line description of the first NaN/inf score in ``parts`` ({source name: [B] scores}), naming the source,
+    the sample and its prompt; None when every score is finite."""
+    for name, scores in parts.items():
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if bad:
+            index = bad[0]
+            prompt = str(prompts[index]) if index < len(prompts) else ""
+            shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+            return f"reward source {name} returned {scores[index].item()} for sample {index} (prompt {shown!r})" + (
+                f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            )
+    return None
+
+
 class CombinedReward:
-    """Weighted sum of reward sources. A function returning None for a sample contributes 0 for it."""
+    """Weighted sum of reward sources. A function returning None for a sample contributes 0 for it (TRL's meaning:
+    the function does not apply to that sample); NaN and inf are kept, so the caller sees and refuses them (see
+    ``first_invalid_score``) instead of training on a silently replaced value."""
 
     def __init__(self, functions: Sequence[Callable], weights: Sequence[float] | None = None):
         if not functions:
@@ -82,7 +102,7 @@ class CombinedReward:
         return [getattr(function, "__name__", type(function).__name__) for function in self.functions]
 
     def __call__(self, prompts, completions, texts=None, **columns) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Returns (total [B], {name: per-source scores [B]}).
+        """Returns (total [B], {name: per-source scores [B]}); a sample's total is NaN/inf when a source gave one.
 
         ``texts`` are the whole conversations decoded in one piece; reward models read them, because joining a
         separately decoded prompt and completion can lose the space between them (word-level and SentencePiece
@@ -97,7 +117,7 @@ class CombinedReward:
                 values = function(prompts=list(prompts), completions=list(completions), **columns)
             if len(values) != len(prompts):
                 raise ValueError(f"reward function {name} returned {len(values)} values for {len(prompts)} samples")
-            scores = torch.tensor([float("nan") if value is None else float(value) for value in values])
+            scores = torch.tensor([0.0 if value is None else float(value) for value in values])
             parts[name] = scores
-            total += weight * torch.nan_to_num(scores, nan=0.0)
+            total += weight * scores
         return total, parts

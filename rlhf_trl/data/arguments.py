@@ -140,6 +140,10 @@ class DataArguments:
         for spec in [*self.datasets, *(self.eval_datasets or [])]:
             parse_source_spec(spec)
         parse_data_split(self.data_split)
+        from rlhf_trl.configs import Range, check_field_types, check_ranges
+
+        check_field_types(self)
+        check_ranges(self, {"data_split_seed": Range(minimum=0, below=2**32)})
         if not 0.0 <= self.eval_split_ratio < 1.0:
             raise ValueError(f"eval_split_ratio must be in [0, 1), got {self.eval_split_ratio}")
         for name in ("max_train_samples", "max_eval_samples", "max_prompt_length_chars"):

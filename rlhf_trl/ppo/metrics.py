@@ -16,6 +16,10 @@ class MetricsMixin:
     def _gathered_mean(self, tensor: torch.Tensor) -> float:
         return self.accelerator.gather(tensor.float().reshape(-1).to(self.accelerator.device)).mean().item()
 
+    def _gathered_nanmean(self, tensor: torch.Tensor) -> float:
+        """Mean over processes leaving out NaN (scores of samples dropped for an invalid gold score)."""
+        return self.accelerator.gather(tensor.float().reshape(-1).to(self.accelerator.device)).nanmean().item()
+
     def _rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         mask = rollout.completion_mask.float()
         kl_per_answer = (rollout.kl * mask).sum(dim=1)
@@ -33,12 +37,16 @@ class MetricsMixin:
             "response/no_eos_fraction": 1.0 - self._gathered_mean(ended),
             "episodes": float(self.state["episodes"]),
         }
-        metrics["objective/entropy"] = self._gathered_mean(-(rollout.logprobs * mask).sum(dim=1))
+        metrics["objective/entropy"] = self._gathered_mean(-losses.fill_padding(rollout.logprobs, mask).sum(dim=1))
+        if rollout.valid is not None:
+            # Samples left out because a reward source gave NaN/inf (drop_invalid_rewards), summed over processes.
+            dropped = self.accelerator.gather((~rollout.valid).float().sum().reshape(1).to(self.accelerator.device))
+            metrics["reward/invalid_samples"] = dropped.sum().item()
         for name, values in rollout.score_parts.items():
             if len(rollout.score_parts) > 1:
                 metrics[f"objective/score_{name}"] = self._gathered_mean(torch.nan_to_num(values))
         if rollout.gold_scores is not None:
-            metrics["objective/gold_score"] = self._gathered_mean(rollout.gold_scores)
+            metrics["objective/gold_score"] = self._gathered_nanmean(rollout.gold_scores)
         return metrics
 
     @torch.no_grad()
@@ -59,8 +67,9 @@ class MetricsMixin:
             whole = torch.cat([batch["prompt_ids"], new_tokens], dim=1)
             full_texts.extend(self.tokenizer.batch_decode(whole, skip_special_tokens=True))
         columns = {key: values[:count] for key, values in prompts["columns"].items()}
-        scores, _ = self.reward(texts, completions, texts=full_texts, **columns)
-        metrics = {"eval/score": scores.mean().item()}
+        scores, parts = self.reward(texts, completions, texts=full_texts, **columns)
+        valid = self._valid_scores(scores, parts, texts).cpu()
+        metrics = {"eval/score": scores[valid].mean().item()}
         if self.gold is not None:
-            metrics["eval/gold_score"] = self.gold(texts, completions, **columns)[0].mean().item()
+            metrics["eval/gold_score"] = self._gold_scores(texts, completions, columns).nanmean().item()
         return metrics

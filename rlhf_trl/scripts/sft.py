@@ -14,6 +14,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
+from rlhf_trl.guards import DivergenceCallback
 from rlhf_trl.models import ensure_pad_token, match_embeddings, resolve_model_name
 from rlhf_trl.scripts.common import (
     MetricsFileCallback,
@@ -83,6 +84,7 @@ def main(argv=None) -> int:
         gold_function = load_reward_function(run_args.gold_scorer)
         final_metrics["base_gold_score"] = mean_gold_score(gold_function, model, tokenizer, prompts)
 
+    divergence = DivergenceCallback(run_args.divergence_factor)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -90,10 +92,11 @@ def main(argv=None) -> int:
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=peft_config_or_none(model_args),
-        callbacks=[MetricsFileCallback(output_dir)],
+        callbacks=[MetricsFileCallback(output_dir), divergence],
     )
     trainable_in_float32_on_cpu(trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    divergence.raise_if_diverged()  # before saving: a diverged model must not become the step's result
     trainer.save_model(str(output_dir))
     if data.eval is not None:
         final_metrics.update(trainer.evaluate())
