@@ -133,24 +133,35 @@ def check_field_types(config) -> None:
     infinity. YAML values are not converted by the command-line parser, so ``learning_rate: [1, 2]`` or
     ``max_steps: 1.5`` would otherwise travel far before failing."""
     for spec in fields(config):
-        kind, optional = _numeric_kind(spec.type)
-        if kind is None:
-            continue
-        value = getattr(config, spec.name)
-        if value is None:
-            # The command-line parser strips "| None" from the annotations it reads, so the default tells too.
-            if optional or spec.default is None:
-                continue
-            raise ConfigError(f"{spec.name} must be {'an integer' if kind == 'int' else 'a number'}, got None")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(
-                f"{spec.name} must be {'an integer' if kind == 'int' else 'a number'}, got {type(value).__name__} "
-                f"{value!r}"
-            )
-        if kind == "int" and not isinstance(value, int):
-            raise ConfigError(f"{spec.name} must be an integer, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{spec.name} must be a finite number, got {value!r}")
+        check_value_type(spec, getattr(config, spec.name))
+
+
+def check_yaml_types(config: dict, dataclass_types) -> None:
+    """The same check on a YAML mapping before the dataclasses are built: their own ``__post_init__`` (TRL's,
+    Transformers') would otherwise fail on a list or text with a message that names no field."""
+    specs = {spec.name: spec for dataclass_type in dataclass_types for spec in fields(dataclass_type)}
+    for name, value in config.items():
+        if name in specs:
+            check_value_type(specs[name], value)
+
+
+def check_value_type(spec, value) -> None:
+    """Raise ConfigError unless ``value`` suits the numeric field ``spec`` (non-numeric fields are not checked)."""
+    kind, optional = _numeric_kind(spec.type)
+    if kind is None:
+        return
+    what = "an integer" if kind == "int" else "a number"
+    if value is None:
+        # The command-line parser strips "| None" from the annotations it reads, so the default tells too.
+        if optional or spec.default is None:
+            return
+        raise ConfigError(f"{spec.name} must be {what}, got None")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{spec.name} must be {what}, got {type(value).__name__} {value!r}")
+    if kind == "int" and not isinstance(value, int):
+        raise ConfigError(f"{spec.name} must be an integer, got {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{spec.name} must be a finite number, got {value!r}")
 
 
 # Fields every TrainingArguments subclass (SFTConfig, RewardConfig, PPOConfig) shares.

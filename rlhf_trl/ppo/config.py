@@ -192,6 +192,12 @@ class PPOConfig(TrainingArguments):
         unknown = sorted(key for key in extra if not hasattr(GenerationConfig(), key))
         if unknown:
             raise ConfigError(f"generation_kwargs: unknown GenerationConfig field(s) {', '.join(unknown)}")
+        for key, allowed in GENERATION_KWARG_RANGES.items():
+            value = extra.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed.allows(value)
+            ):
+                raise ConfigError(f"generation_kwargs: {key} must be {allowed.describe()}, got {value!r}")
         if self.stop_strings is not None and not all(isinstance(text, str) and text for text in self.stop_strings):
             raise ConfigError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
         try:
@@ -206,8 +212,9 @@ class PPOConfig(TrainingArguments):
                 **extra,
             ).validate(strict=True)
         except (ValueError, TypeError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"generation settings: {first_line}") from error
+            # Transformers lists the problems on separate lines under a heading: join them into one.
+            lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
+            raise ConfigError(f"generation settings: {'; '.join(lines) or type(error).__name__}") from error
         self.generation_kwargs = extra or None
         if self.reward_weights is not None and not all(
             isinstance(weight, (int, float)) and math.isfinite(weight) for weight in self.reward_weights
@@ -271,4 +278,17 @@ PPO_RANGES = {
     "max_consecutive_skips": Range(minimum=1),
     "num_samples_to_log": Range(minimum=0),
     "eval_prompts_limit": Range(minimum=1),
+}
+
+# Numeric GenerationConfig fields often passed through generation_kwargs, which GenerationConfig.validate accepts
+# out of range. PPO samples exactly one answer per prompt from the policy, so beams and several returns are refused.
+GENERATION_KWARG_RANGES = {
+    "num_beams": Range(minimum=1, maximum=1),
+    "num_return_sequences": Range(minimum=1, maximum=1),
+    "repetition_penalty": Range(above=0),
+    "no_repeat_ngram_size": Range(minimum=0),
+    "typical_p": Range(above=0, maximum=1),
+    "min_p": Range(minimum=0, maximum=1),
+    "epsilon_cutoff": Range(minimum=0, below=1),
+    "eta_cutoff": Range(minimum=0, below=1),
 }

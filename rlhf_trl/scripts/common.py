@@ -33,13 +33,13 @@ class _StepParser(TrlParser):
 def parse_step_arguments(dataclass_types, argv):
     """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors. Every value is validated
     (types, ranges, reward functions importable) before anything loads; problems are one-line StepErrors."""
-    from rlhf_trl.configs import check_parsed_arguments
+    from rlhf_trl.configs import check_parsed_arguments, check_yaml_types
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" in argv[:-1]:
-        check_config_file(argv[argv.index("--config") + 1])
     parser = _StepParser(dataclass_types)
     try:
+        if "--config" in argv[:-1]:
+            check_yaml_types(read_config_file(argv[argv.index("--config") + 1]), dataclass_types)
         parsed = parser.parse_args_and_config(args=argv)
         check_parsed_arguments(parsed)
     except (ValueError, TypeError) as error:
@@ -47,8 +47,9 @@ def parse_step_arguments(dataclass_types, argv):
     return parsed
 
 
-def check_config_file(path: str) -> None:
-    """A missing file, broken YAML or YAML that is not a mapping of field: value, each as one line."""
+def read_config_file(path: str) -> dict:
+    """The YAML mapping of a ``--config`` file; a missing file, broken YAML or YAML that is not a mapping of
+    field: value is a one-line StepError."""
     import yaml
 
     config_path = Path(path)
@@ -65,6 +66,7 @@ def check_config_file(path: str) -> None:
         raise StepError(f"cannot read config file {path}: {error}") from error
     if not isinstance(config, dict):
         raise StepError(f"config file {path} must be a YAML mapping of field: value, got {type(config).__name__}")
+    return config
 
 
 def run_step(main_function, argv):
