@@ -30,7 +30,7 @@ class RunArguments:
         default=10.0,
         metadata={
             "help": "SFT and reward steps: stop (exit code 2, final model not saved) when the logged training loss "
-            "exceeds this many times its first logged value. NaN/inf losses always stop. 0 or None: only NaN/inf."
+            "exceeds this many times its first-step value. NaN/inf losses always stop. 0 or None: only NaN/inf."
         },
     )
 

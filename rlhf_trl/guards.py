@@ -60,12 +60,14 @@ def parameters_finite(model) -> bool:
 
 
 class DivergenceCallback(TrainerCallback):
-    """Stop a Transformers/TRL trainer whose logged training loss is NaN/inf, or above ``factor`` times the first
-    logged loss (an explosion: a loss of 4e8 where it started near 2).
+    """Stop a Transformers/TRL trainer whose logged training loss is NaN/inf, or above ``factor`` times the loss of
+    the first step (an explosion: a loss of 4e8 where it started near 2), or whose gradient norm is NaN/inf (outside
+    fp16, where the loss scaler skips such steps by design).
 
-    On detection the run stops at once, the checkpoint due at that step is not written, and ``message`` says what
-    happened; the step script then raises ``TrainingDivergedError`` instead of saving the final model. A checkpoint
-    due between two logging steps is written only if the weights are still finite.
+    The loss is also logged at the first step (the reference, measured on the untrained weights) and right before
+    every checkpoint, so each checkpoint is written only after a check. On detection the run stops at once, the
+    checkpoint due at that step is not written, and ``message`` says what happened; the step script then raises
+    ``TrainingDivergedError`` instead of saving the final model.
 
     factor: None or 0 turns the explosion check off (NaN/inf still stop the run).
     """
@@ -76,17 +78,20 @@ class DivergenceCallback(TrainerCallback):
         self.message: str | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        loss = (logs or {}).get("loss")
+        logs = logs or {}
+        loss, grad_norm = logs.get("loss"), logs.get("grad_norm")
         if loss is None or self.message is not None:
             return
         problem = None
         if not math.isfinite(loss):
             problem = f"training loss is {loss}"
+        elif grad_norm is not None and not math.isfinite(grad_norm) and not getattr(args, "fp16", False):
+            problem = f"gradient norm is {grad_norm} (training loss {loss:.4g})"
         elif self.first_loss is None:
             self.first_loss = loss
         elif self.factor and self.first_loss > 0 and loss > self.factor * self.first_loss:
             problem = (
-                f"training loss {loss:.4g} is over {self.factor:g} times its first logged value {self.first_loss:.4g}"
+                f"training loss {loss:.4g} is over {self.factor:g} times its first-step value {self.first_loss:.4g}"
             )
         # The logged loss is already averaged over processes; agreeing once more costs one number and guards
         # against any process deciding alone.
@@ -94,6 +99,8 @@ class DivergenceCallback(TrainerCallback):
             self._stop(control, state, problem or "another process saw the loss diverge")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == 1 or control.should_save:
+            control.should_log = True  # the reference loss, and a check right before every checkpoint
         if control.should_save and self.message is None and model is not None:
             if any_process(not parameters_finite(model)):
                 self._stop(control, state, "the weights hold NaN/inf")
