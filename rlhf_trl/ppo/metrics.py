@@ -22,7 +22,7 @@ class MetricsMixin:
 
     def _rollout_metrics(self, rollout: Rollout) -> dict[str, float]:
         mask = rollout.completion_mask.float()
-        kl_per_answer = (rollout.kl * mask).sum(dim=1)
+        kl_per_answer = losses.fill_padding(rollout.kl, mask).sum(dim=1)
         non_score = -self.kl_controller.value * kl_per_answer
         ended = losses.has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).float()
         metrics = {
