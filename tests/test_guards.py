@@ -276,6 +276,21 @@ def test_unusable_rng_state_is_a_warning(tmp_path, caplog):
     assert warn_if_rng_state_unusable(tmp_path, 0) and not caplog.records
 
 
+def test_resuming_with_a_damaged_rng_state_warns_and_continues(tmp_path, tiny_base_dir, tiny_reward_dir, caplog):
+    from tests.ppo_helpers import build
+
+    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, max_steps=1)
+    trainer.train()
+    checkpoint = trainer.save_checkpoint()
+    (checkpoint / "accelerator" / "random_states_0.pkl").write_bytes(b"damaged")
+    resumed = build(tmp_path, tiny_base_dir, tiny_reward_dir, max_steps=2)
+    caplog.set_level(logging.WARNING)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.state["global_step"] == 2
+    warnings = [record for record in caplog.records if "NOT reproducible" in record.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
 # ---------------------------------------------------------------------------------------------------- two processes
 def test_agree_any_without_distributed_is_the_flag():
     assert agree_any([True, False]) == [True, False]
