@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
+from ppo_helpers import config
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerControl
 
@@ -29,7 +30,6 @@ from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.trainer import PPOTrainer
 from rlhf_trl.rewards import CombinedReward, first_invalid_score
 from rlhf_trl.tiny.task import gold_scores, make_records
-from tests.ppo_helpers import config
 
 REPO = Path(__file__).resolve().parents[1]
 MASK = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])  # right-padded: row 0 has 3 real tokens, row 1 has 2
@@ -277,7 +277,7 @@ def test_unusable_rng_state_is_a_warning(tmp_path, caplog):
 
 
 def test_resuming_with_a_damaged_rng_state_warns_and_continues(tmp_path, tiny_base_dir, tiny_reward_dir, caplog):
-    from tests.ppo_helpers import build
+    from ppo_helpers import build
 
     trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, max_steps=1)
     trainer.train()
@@ -307,7 +307,8 @@ def test_two_ranks_stop_together_when_only_one_sees_nan(tmp_path, tiny_base_dir,
         "--report", str(report), "--actor", str(tiny_base_dir), "--critic", str(tiny_reward_dir),
         "--output", str(tmp_path / "runs"),
     ]  # fmt: skip
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": str(REPO)}
+    python_path = os.pathsep.join([str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "PYTHONPATH": python_path}
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reports = [json.loads((tmp_path / f"report.{rank}.json").read_text()) for rank in (0, 1)]

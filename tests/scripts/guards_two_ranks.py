@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from ppo_helpers import config
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from rlhf_trl.guards import TrainingStoppedError, agree_any
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.trainer import PPOTrainer
 from rlhf_trl.tiny.task import gold_scores, make_records
-from tests.ppo_helpers import config
 
 RANK = int(os.environ.get("RANK", "0"))
 
