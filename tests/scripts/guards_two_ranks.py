@@ -86,7 +86,7 @@ def main() -> int:
 
         trainer._micro_batch_loss = always_blown_up
     report["skip"] = outcome(trainer)
-    report["skip"]["weights"] = float(sum(p.double().sum() for p in trainer.policy.parameters()))
+    report["skip"]["weights"] = float(sum(p.detach().double().sum() for p in trainer.policy.parameters()))
 
     Path(f"{args.report}.{RANK}.json").write_text(json.dumps(report))
     return 0
