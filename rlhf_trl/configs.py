@@ -141,8 +141,16 @@ def check_yaml_types(config: dict, dataclass_types) -> None:
     Transformers') would otherwise fail on a list or text with a message that names no field."""
     specs = {spec.name: spec for dataclass_type in dataclass_types for spec in fields(dataclass_type)}
     for name, value in config.items():
-        if name in specs:
-            check_value_type(specs[name], value)
+        if name not in specs:
+            continue
+        kind, _ = _numeric_kind(specs[name].type)
+        if isinstance(value, str) and kind is not None:
+            # YAML 1.1 reads 1e-5 (no dot) as text; the command-line parser converts it like a flag's value.
+            try:
+                value = int(value) if kind == "int" else float(value)
+            except ValueError:
+                pass
+        check_value_type(specs[name], value)
 
 
 def check_value_type(spec, value) -> None:

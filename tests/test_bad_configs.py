@@ -101,6 +101,18 @@ def test_the_base_configs_get_past_validation(step, tmp_path, capsys):
     assert_one_line_error(code, stderr, MISSING_MODEL, "does not exist")
 
 
+def test_yaml_numbers_written_as_text_are_read_like_flags(tmp_path, capsys):
+    """YAML 1.1 reads ``1e-5`` as a string; it is a valid learning rate all the same."""
+    config = tmp_path / "sft.yaml"
+    config.write_text(yaml.safe_dump({**BASE["sft"], "output_dir": str(tmp_path / "out")}) + "learning_rate: 1e-5\n")
+    assert yaml.safe_load(config.read_text())["learning_rate"] == "1e-5"
+    code, stderr = run_cli(sft, ["--config", str(config)], capsys)
+    assert_one_line_error(code, stderr, MISSING_MODEL, "does not exist")
+    config.write_text(config.read_text().replace("1e-5", "fast"))
+    code, stderr = run_cli(sft, ["--config", str(config)], capsys)
+    assert_one_line_error(code, stderr, "learning_rate")
+
+
 @pytest.mark.parametrize(("step", "name", "value"), GENERATED, ids=lambda item: str(item))
 def test_bad_numeric_value_is_one_line_naming_the_field(step, name, value, tmp_path, capsys):
     config = write_config(tmp_path, step, **{name: value})
