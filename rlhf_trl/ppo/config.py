@@ -216,10 +216,6 @@ class PPOConfig(TrainingArguments):
             lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
             raise ConfigError(f"generation settings: {'; '.join(lines) or type(error).__name__}") from error
         self.generation_kwargs = extra or None
-        if self.reward_weights is not None and not all(
-            isinstance(weight, (int, float)) and math.isfinite(weight) for weight in self.reward_weights
-        ):
-            raise ConfigError(f"reward_weights must be finite numbers, got {self.reward_weights!r}")
 
     def _check_choices(self):
         checks = {
@@ -244,6 +240,10 @@ class PPOConfig(TrainingArguments):
             raise ValueError(f"min_new_tokens {self.min_new_tokens} > max_new_tokens {self.max_new_tokens}")
         if self.ema_beta is not None and not 0.0 < self.ema_beta < 1.0:
             raise ValueError(f"ema_beta must be in (0, 1), got {self.ema_beta}")
+        if self.reward_weights is not None and not all(
+            isinstance(weight, (int, float)) and math.isfinite(weight) for weight in self.reward_weights
+        ):
+            raise ConfigError(f"reward_weights must be finite numbers, got {self.reward_weights!r}")
 
 
 # Allowed values of PPOConfig's numeric fields (TrainingArguments' own are in rlhf_trl.configs.TRAINING_RANGES).
