@@ -8,28 +8,17 @@ two trainers unchanged. For conversational prompts (message lists) each completi
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 
 import torch
 
 
 def load_reward_function(spec: str) -> Callable:
-    """Import ``package.module:function``; errors name the spec."""
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise ValueError(f"reward function {spec!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as error:  # ImportError, or whatever the module raises while it loads (SyntaxError, ...)
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ValueError(
-            f"reward function {spec!r}: cannot import module {module_name!r} ({type(error).__name__}: {detail})"
-        ) from error
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no callable {function_name!r}")
-    return function
+    """The reward function ``spec`` names: 'module:function', a dotted path, a TRL reward function name or an
+    http(s) URL of a reward server (see rlhf_trl.reward.functions); errors name the spec."""
+    from rlhf_trl.reward.functions import resolve_reward_function
+
+    return resolve_reward_function(spec)
 
 
 def reward_input_ids(tokenizer, prompt, completion) -> list[int]:
