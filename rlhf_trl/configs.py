@@ -189,7 +189,7 @@ TRAINING_RANGES = {
     "warmup_steps": Range(minimum=0),
     "logging_steps": Range(above=0),
     "save_steps": Range(minimum=0),
-    "eval_steps": Range(above=0, optional=True),
+    "eval_steps": Range(minimum=0, optional=True),  # PPO: 0 turns evaluation off
     "save_total_limit": Range(minimum=1, optional=True),
     "seed": Range(minimum=0, below=2**32),
     "data_seed": Range(minimum=0, below=2**32, optional=True),

@@ -97,10 +97,11 @@ def test_nan_and_inf_rewards_are_kept_and_described_none_counts_as_zero():
 
     total, parts = CombinedReward([fine, broken], [1.0, 2.0])(["p0", "p1", "p2"], ["a", "b", "c"])
     assert total[0] == 2.0 and math.isinf(total[1]) and math.isnan(total[2])
-    assert parts["fine"].tolist() == [1.0, 0.0, 2.0]
-    message = first_invalid_score(parts, ["p0", "p1", "p2"])
-    assert "broken" in message and "sample 1" in message and "'p1'" in message and "1 more" in message
-    assert first_invalid_score({"fine": parts["fine"]}, ["p0", "p1", "p2"]) is None
+    assert parts["fine"][0] == 1.0 and math.isnan(parts["fine"][1]), "None shows as NaN in its part only"
+    message = first_invalid_score(total, parts, ["p0", "p1", "p2"])
+    assert message == "reward source broken returned inf for sample 1 (prompt 'p1') and 1 more sample(s)"
+    fine_only, fine_parts = CombinedReward([fine])(["p0", "p1", "p2"], ["a", "b", "c"])
+    assert fine_only.tolist() == [1.0, 0.0, 2.0] and first_invalid_score(fine_only, fine_parts, ["p0"] * 3) is None
 
 
 def nan_on_one_sample(prompts, completions, **_):

@@ -378,7 +378,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         valid = torch.isfinite(total)
         problem = None
         if not bool(valid.all()):
-            problem = first_invalid_score(parts, prompts) or "the weighted sum of the rewards overflowed"
+            problem = first_invalid_score(total, parts, prompts)
         if self.args.drop_invalid_rewards:
             if problem:
                 logger.warning("step %d: %s; left out of the update", self.state["global_step"], problem)
