@@ -57,7 +57,7 @@ class MetricsMixin:
         count = min(len(prompts["prompt"]), self.args.eval_prompts_limit)
         greedy = copy.deepcopy(self.generation_config)
         greedy.do_sample, greedy.temperature, greedy.top_k, greedy.top_p = False, 1.0, None, None
-        completions = []
+        completions, answer_ids = [], []
         # Plain HF generate (whatever the training backend), so evaluations compare across backends.
         generator = HFRollout(self.model, self.tokenizer, greedy, self.accelerator)
         for part in self._micro_batches(count, max(self.args.per_device_train_batch_size, 1)):
@@ -66,10 +66,14 @@ class MetricsMixin:
             ended = losses.completion_mask(new_tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
             new_tokens = new_tokens.masked_fill(ended == 0, self.tokenizer.pad_token_id)
             completions.extend(completion_texts(self.tokenizer, batch["prompt_ids"], new_tokens))
+            answer_ids.extend(new_tokens.cpu().unbind(0))
         texts = prompts["prompt"][:count]
         completions = as_completions(texts, completions)
         columns = {key: values[:count] for key, values in prompts["columns"].items()}
-        scores, parts = self.reward(texts, completions, **columns)
+        answer_ids = torch.nn.utils.rnn.pad_sequence(
+            answer_ids, batch_first=True, padding_value=self.tokenizer.pad_token_id
+        )
+        scores, parts = self.reward(texts, completions, **columns, **self._reward_call_kwargs(answer_ids))
         valid = self._valid_scores(scores, parts, texts).cpu()
         metrics = {"eval/score": scores[valid].mean().item()}
         if self.gold is not None:

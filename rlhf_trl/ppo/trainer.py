@@ -39,6 +39,7 @@ from rlhf_trl.ppo.modeling import (
 )
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
 from rlhf_trl.ppo.persistence import PersistenceMixin
+from rlhf_trl.reward.functions import TRLRewardKwargs
 from rlhf_trl.rewards import CombinedReward, RewardModelScorer, first_invalid_score
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             sources.append(scorer)
         sources.extend(reward_funcs or [])
         self.reward = CombinedReward(sources, args.reward_weights)
+        # TRL's extra reward-function arguments (completion_ids, trainer_state, log_metric), built per batch.
+        self.reward_kwargs = TRLRewardKwargs()
         self.gold = CombinedReward(gold_funcs) if gold_funcs else None
         self.kl_controller = build_kl_controller(args.kl_coef, args.adaptive_kl, args.kl_target, args.kl_horizon)
         self.score_normalizer = ScoreNormalizer(args.score_normalization)
@@ -352,7 +355,9 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         rollout.values = torch.cat(values).float()  # GAE sums over the whole answer: bf16 would lose precision
 
         completions = as_completions(rollout.prompts, rollout.completions)
-        raw, parts = self.reward(rollout.prompts, completions, **rollout.columns)
+        raw, parts = self.reward(
+            rollout.prompts, completions, **rollout.columns, **self._reward_call_kwargs(rollout.completion_ids)
+        )
         rollout.valid = self._valid_scores(raw, parts, rollout.prompts)
         # Samples left out (drop_invalid_rewards) get score 0 here and no weight in the update.
         raw = torch.where(rollout.valid.cpu(), raw, 0.0)
@@ -576,6 +581,11 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
                 self.save_checkpoint()
         return last
 
+    def _reward_call_kwargs(self, completion_ids: torch.Tensor) -> dict:
+        """TRL's per-batch reward-function arguments for completions [B, C] (real tokens up to the first EOS)."""
+        mask = losses.completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        return self.reward_kwargs.for_batch(completion_ids, mask, self.state["global_step"], self.max_steps)
+
     def step(self) -> dict[str, float]:
         """One PPO step: rollouts, scoring, advantages, update; logs and returns the metrics."""
         started = time.perf_counter()
@@ -595,6 +605,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         self.state["episodes"] += len(rollout) * self.accelerator.num_processes
         metrics = self._rollout_metrics(rollout)
         metrics.update(update_stats)
+        metrics.update(self.reward_kwargs.pop_metrics())  # what reward functions logged with log_metric
         metrics.update(
             {
                 "time/generation_s": generated - started,
@@ -618,7 +629,9 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         saved_sampler = self.sampler.state_dict()
         rollout = self.generate(self.next_batch())
         completions = as_completions(rollout.prompts, rollout.completions)
-        scores, parts = self.reward(rollout.prompts, completions, **rollout.columns)
+        scores, parts = self.reward(
+            rollout.prompts, completions, **rollout.columns, **self._reward_call_kwargs(rollout.completion_ids)
+        )
         self._update_normalizer(scores, self._valid_scores(scores, parts, rollout.prompts))
         self.sampler.load_state_dict(saved_sampler)
         logger.info(

@@ -73,11 +73,15 @@ def run_step(main_function, argv):
     """Run a step's main; our own errors become one line on stderr and exit code 2 instead of a traceback."""
     from rlhf_trl.data import DataValidationError
     from rlhf_trl.guards import TrainingStoppedError
+    from rlhf_trl.reward.functions import RewardFunctionError
+    from rlhf_trl.reward.remote import RemoteRewardError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main_function(argv)
-    except (StepError, DataValidationError, TrainingStoppedError) as error:
+    # A reward source failing mid-run (a remote server gone after its retries, a function's signature) is one line
+    # too: the checkpoints written so far stay, and a resume continues from the last one.
+    except (StepError, DataValidationError, TrainingStoppedError, RewardFunctionError, RemoteRewardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
