@@ -31,18 +31,21 @@ def _policy_and_value_wrapper():
 
 @contextmanager
 def gathered_policy(model, accelerator=None):
-    """Yield the actor ready for ``generate``. Under ZeRO-3 its shards are gathered once for the whole rollout
-    (not once per token) and DeepSpeed's per-module fetch hooks are lifted meanwhile."""
+    """Yield the actor with its full weights, ready for ``generate`` or a forward pass outside training. Under
+    ZeRO-3 its shards are gathered once for the whole block (not once per token or layer) and, when ``model`` is a
+    DeepSpeed engine, the engine's per-module fetch/release hooks are lifted meanwhile (a release after a forward
+    would re-partition the gathered weights). A model partitioned by ``zero.Init`` at load time, before any engine
+    exists, is gathered too. Collective under ZeRO-3: every process must enter it."""
     policy = actor_of(model, accelerator)
-    plugin = accelerator.state.deepspeed_plugin if accelerator is not None else None
-    if plugin is None or plugin.zero_stage != 3:
+    parameters = list(policy.parameters())
+    if not any(hasattr(parameter, "ds_id") for parameter in parameters):  # not partitioned by ZeRO-3
         yield policy
         return
     import deepspeed
     from trl.models.utils import add_hooks, remove_hooks
 
-    with deepspeed.zero.GatheredParameters(list(policy.parameters())):
-        remove_hooks(model)
+    with deepspeed.zero.GatheredParameters(parameters):
+        remove_hooks(model)  # a no-op for a bare module (no engine, so no hooks)
         try:
             yield policy
         finally:

@@ -44,15 +44,20 @@ HYPERPARAMETERS = [
 ]
 
 
-def pair_scores(model, tokenizer, dataset, limit: int = 1000) -> dict[str, list[float]]:
-    """Scores of chosen and rejected answers of a pairwise eval set, read as in training (see RewardModelScorer)."""
-    scorer = RewardModelScorer(model, tokenizer, batch_size=32)
+def pair_scores(model, tokenizer, dataset, limit: int = 1000, accelerator=None) -> dict[str, list[float]]:
+    """Scores of chosen and rejected answers of a pairwise eval set, read as in training (see RewardModelScorer).
+    ``model`` may be the trainer's ZeRO-3 engine (with ``accelerator``): it is scored with its full weights, and
+    then every process must call this."""
+    from rlhf_trl.ppo.rollout import gathered_policy
+
     records = dataset.select(range(min(limit, len(dataset))))
     prompts = list(records["prompt"])
-    return {
-        "chosen": scorer.score(prompts, list(records["chosen"])).tolist(),
-        "rejected": scorer.score(prompts, list(records["rejected"])).tolist(),
-    }
+    with gathered_policy(model, accelerator) as scored:
+        scorer = RewardModelScorer(scored, tokenizer, batch_size=32)
+        return {
+            "chosen": scorer.score(prompts, list(records["chosen"])).tolist(),
+            "rejected": scorer.score(prompts, list(records["rejected"])).tolist(),
+        }
 
 
 def main(argv=None) -> int:
@@ -95,9 +100,12 @@ def main(argv=None) -> int:
 
     output.save_final(save)
     final_metrics = trainer.evaluate() if data.eval is not None else {}
+    # Every process scores (under ZeRO-3 gathering the weights is collective); the main one writes.
+    pairwise_eval = data.eval is not None and not ranked
+    if pairwise_eval:
+        scores = pair_scores(trainer.model_wrapped, tokenizer, data.eval, accelerator=trainer.accelerator)
     if trainer.accelerator.is_main_process:
-        if data.eval is not None and not ranked:
-            scores = pair_scores(trainer.model, tokenizer, data.eval)
+        if pairwise_eval:
             (output_dir / "eval_scores.json").write_text(json.dumps(scores))
             chosen, rejected = scores["chosen"], scores["rejected"]
             final_metrics["eval_pair_accuracy"] = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)

@@ -83,16 +83,21 @@ def gold_prompts(dataset, limit: int = 200) -> list:
     return list(dataset["prompt"][:limit])
 
 
-def mean_gold_score(gold_function, model, tokenizer, prompts: list, max_new_tokens: int = 32) -> float:
+def mean_gold_score(
+    gold_function, model, tokenizer, prompts: list, max_new_tokens: int = 32, accelerator=None
+) -> float:
     """Mean gold score of the model's greedy answers (generated in eval mode, as the chat command does); the gold
-    function receives TRL's forms, as a reward function does."""
+    function receives TRL's forms, as a reward function does. ``model`` may be partitioned by ZeRO-3 (loaded under
+    ``zero.Init``, or the trainer's engine with ``accelerator``): generation sees the full weights."""
     from rlhf_trl.chat import ChatSession, GenerationSettings, as_completions
+    from rlhf_trl.ppo.rollout import gathered_policy
 
-    was_training = model.training
-    model.eval()
-    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=64)
-    completions = ChatSession(model, tokenizer, settings).complete(list(prompts))
-    model.train(was_training)
+    with gathered_policy(model, accelerator) as policy:
+        was_training = policy.training
+        policy.eval()
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=64)
+        completions = ChatSession(policy, tokenizer, settings).complete(list(prompts))
+        policy.train(was_training)
     scores = gold_function(prompts=list(prompts), completions=as_completions(prompts, completions))
     return float(sum(scores) / len(scores))
 
@@ -145,7 +150,9 @@ def main(argv=None) -> int:
     if data.eval is not None:
         final_metrics.update(trainer.evaluate())
     if gold_function is not None:
-        final_metrics["eval_gold_score"] = mean_gold_score(gold_function, trainer.model, tokenizer, prompts)
+        final_metrics["eval_gold_score"] = mean_gold_score(
+            gold_function, trainer.model_wrapped, tokenizer, prompts, accelerator=trainer.accelerator
+        )
     if trainer.accelerator.is_main_process:
         finish_step(output, "sft", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
