@@ -15,7 +15,10 @@ COMMANDS = {
     "report": ("rlhf_trl.report", "main", "one HTML page summarising a run directory"),
     "push": ("rlhf_trl.hub", "main", "push an output directory to the Hugging Face Hub"),
     "bench": ("rlhf_trl.bench", "main", "step-3 throughput benchmark (DS-Chat setting)"),
+    "recipes": ("rlhf_trl.resources", "main", "list the shipped recipes and accelerate configs"),
 }
+# Steps that can be started under ``accelerate launch`` with ``--accelerate_config NAME|PATH``.
+LAUNCHABLE = ("sft", "reward", "ppo")
 
 
 def usage() -> str:
@@ -34,8 +37,58 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module_name, function_name, _ = COMMANDS[command]
+    if command in LAUNCHABLE:
+        from rlhf_trl.resources import ResourceNotFound
+
+        try:
+            rest = with_shipped_recipe(rest)
+            accelerate_config, rest = take_option(rest, "--accelerate_config", "--accelerate-config")
+            if accelerate_config is not None:
+                return launch_step(module_name, accelerate_config, rest)
+        except ResourceNotFound as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
     function = getattr(importlib.import_module(module_name), function_name)
     return int(function(rest) or 0)
+
+
+def take_option(argv: list[str], *names: str) -> tuple[str | None, list[str]]:
+    """Remove ``NAME VALUE`` or ``NAME=VALUE`` (any of ``names``) from argv; return the value and the rest."""
+    value, rest, index = None, [], 0
+    while index < len(argv):
+        argument = argv[index]
+        flag, equals, inline = argument.partition("=")
+        if flag in names:
+            if equals:
+                value = inline
+            elif index + 1 < len(argv):
+                value, index = argv[index + 1], index + 1
+            else:
+                raise SystemExit(f"error: {flag} needs a value (a shipped config name or a file)")
+        else:
+            rest.append(argument)
+        index += 1
+    return value, rest
+
+
+def with_shipped_recipe(argv: list[str]) -> list[str]:
+    """``--config tiny/sft.yaml`` means the shipped recipe file when no such file exists where the command runs."""
+    from rlhf_trl.resources import recipe_file
+
+    config, rest = take_option(argv, "--config")
+    return rest if config is None else ["--config", str(recipe_file(config)), *rest]
+
+
+def launch_step(module_name: str, accelerate_config: str, argv: list[str]) -> int:
+    """Run a step in new processes under ``accelerate launch`` with a shipped (by name) or user (by path) config."""
+    import subprocess
+
+    from rlhf_trl.launch import launch_command
+    from rlhf_trl.resources import accelerate_config as resolve_config
+
+    command = launch_command(resolve_config(accelerate_config), module_name, argv)
+    print("$ " + " ".join(command), file=sys.stderr, flush=True)
+    return subprocess.call(command)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from rlhf_trl.models import TINY_BASE
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 STEP_DIRS = {1: "step1_sft", 2: "step2_reward", 3: "step3_ppo"}
 STEP_MODULES = {1: "rlhf_trl.scripts.sft", 2: "rlhf_trl.scripts.reward", 3: "rlhf_trl.scripts.ppo"}
 STEP_RECIPES = {1: "sft.yaml", 2: "reward.yaml", 3: "ppo.yaml"}
@@ -32,7 +31,7 @@ KEY_METRICS = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default="tiny", help="recipe name under recipes/ or a folder with the 3 YAMLs")
+    parser.add_argument("--recipe", default="tiny", help="shipped recipe (rlhf-trl recipes) or a folder")
     parser.add_argument("--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc.")
     parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
     parser.add_argument("--reward-model", default=None, help="base model of step 2 (default: the recipe's)")
@@ -46,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     parser.add_argument("--actor-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
     parser.add_argument("--reward-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
+    parser.add_argument(
+        "--accelerate_config",
+        "--accelerate-config",
+        default=None,
+        help="accelerate config for every step, shipped name (rlhf-trl recipes) or file (default: the deployment's)",
+    )
     parser.add_argument("--num-processes", type=int, default=None, help="processes per node (default: config's)")
     parser.add_argument("--output-dir", default="outputs/e2e")
     parser.add_argument("--overwrite_output_dir", "--overwrite-output-dir", action="store_true")
@@ -59,9 +64,12 @@ def recipe_file(step: int, variant: str | None) -> str:
 
 
 def recipe_dir(recipe: str, variant: str | None = None) -> Path:
-    path = Path(recipe)
-    if not path.is_dir():
-        path = RECIPES_DIR / recipe
+    from rlhf_trl import resources
+
+    try:
+        path = resources.recipe_dir(recipe)
+    except resources.ResourceNotFound as error:
+        raise SystemExit(f"error: {error}") from None
     missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
     if not path.is_dir() or missing:
         raise SystemExit(
@@ -192,9 +200,15 @@ def parse_arguments(argv) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     from rlhf_trl.launch import config_for_deployment, launch_command
+    from rlhf_trl.resources import ResourceNotFound, accelerate_config
 
     args = parse_arguments(argv)
     recipe = recipe_dir(args.recipe, args.variant)
+    try:
+        chosen_config = accelerate_config(args.accelerate_config) if args.accelerate_config else None
+    except ResourceNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     output = Path(args.output_dir)
     if output.exists() and any(output.iterdir()) and not args.overwrite_output_dir:
         print(f"error: output dir {output} is not empty; pass --overwrite_output_dir", file=sys.stderr)
@@ -206,7 +220,7 @@ def main(argv=None) -> int:
     rows = []
     for step in sorted(args.step):
         zero_stage = args.reward_zero_stage if step == 2 else args.actor_zero_stage
-        config = config_for_deployment(args.deployment_type, zero_stage)
+        config = chosen_config or config_for_deployment(args.deployment_type, zero_stage)
         command = launch_command(
             config, STEP_MODULES[step], step_arguments(step, args, recipe, output), num_processes=args.num_processes
         )
