@@ -17,6 +17,8 @@ COMMANDS = {
     "bench": ("rlhf_trl.bench", "main", "step-3 throughput benchmark (DS-Chat setting)"),
     "recipes": ("rlhf_trl.resources", "main", "list the shipped recipes and accelerate configs"),
 }
+# Commands whose terminal output is for reading: no per-model "Loading weights" bars between their lines.
+QUIET_LOADING = ("e2e", "chat", "eval")
 # Steps that can be started under ``accelerate launch`` with ``--accelerate_config NAME|PATH``.
 LAUNCHABLE = ("sft", "reward", "ppo")
 
@@ -48,8 +50,23 @@ def main(argv: list[str] | None = None) -> int:
         except ResourceNotFound as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+    if command in QUIET_LOADING:
+        quiet_weight_loading()
     function = getattr(importlib.import_module(module_name), function_name)
     return int(function(rest) or 0)
+
+
+def quiet_weight_loading() -> None:
+    """Hide Transformers' "Loading weights" progress bar (one per model loaded) and keep every other bar, such as
+    the download bars of a model fetched from the Hub."""
+    from transformers.utils import logging as transformers_logging
+
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return factory(*args, **kwargs)
+
+    transformers_logging.set_tqdm_hook(hook)
 
 
 def take_option(argv: list[str], *names: str) -> tuple[str | None, list[str]]:

@@ -25,3 +25,26 @@ class RunArguments:
         },
     )
     plots: bool = field(default=True, metadata={"help": "Write PNG plots of the metrics into output_dir."})
+    num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch (default: torch's choice, one per core). Summation order, hence the "
+            "last bits of every result, depends on it: the tiny recipes fix it to 1 so they give the same numbers "
+            "on machines with different core counts."
+        },
+    )
+
+
+def apply_reproducibility(parsed) -> None:
+    """Apply a step's reproducibility settings before anything is built: the CPU thread count (RunArguments) and,
+    with the training config's ``full_determinism``, deterministic algorithms (warnings for ops that have none,
+    instead of errors) and the seed."""
+    import torch
+
+    for arguments in parsed:
+        if isinstance(arguments, RunArguments) and arguments.num_threads:
+            torch.set_num_threads(arguments.num_threads)
+        if getattr(arguments, "full_determinism", False):
+            from transformers.trainer_utils import enable_full_determinism
+
+            enable_full_determinism(arguments.seed, warn_only=True)

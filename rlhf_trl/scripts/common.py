@@ -23,11 +23,15 @@ class StepError(RuntimeError):
 
 def parse_step_arguments(dataclass_types, argv):
     """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors."""
+    from rlhf_trl.configs import apply_reproducibility
+
     parser = TrlParser(dataclass_types)
     try:
-        return parser.parse_args_and_config(args=argv)
+        parsed = parser.parse_args_and_config(args=argv)
     except ValueError as error:
         raise StepError(str(error).splitlines()[0]) from error
+    apply_reproducibility(parsed)
+    return parsed
 
 
 def run_step(main_function, argv):

@@ -69,12 +69,12 @@ def recipe_dir(recipe: str, variant: str | None = None) -> Path:
     try:
         path = resources.recipe_dir(recipe)
     except resources.ResourceNotFound as error:
-        raise SystemExit(f"error: {error}") from None
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
-    if not path.is_dir() or missing:
-        raise SystemExit(
-            f"error: recipe {recipe!r} not found or incomplete (missing {', '.join(missing) or 'folder'})"
-        )
+    if missing:
+        print(f"error: recipe {recipe!r} is incomplete (missing {', '.join(missing)})", file=sys.stderr)
+        raise SystemExit(2)
     return path
 
 

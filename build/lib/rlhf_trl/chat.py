@@ -1,0 +1,316 @@
+"""Multi-turn chat with a trained checkpoint in the terminal: ``rlhf-trl chat --path DIR``.
+
+Type a message and press enter; ``clear`` forgets the conversation, ``quit`` (or end of input) leaves. The
+conversation is rendered with the tokenizer's chat template when it has one, otherwise as DS-Chat's transcript
+``Human: <text> Assistant: <answer> Human: ...``. Only the newly generated tokens are decoded; the answer ends at
+the first end-of-text token and is cut where the model starts writing the next user turn by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+TRANSCRIPT_USER = "Human:"
+TRANSCRIPT_ASSISTANT = "Assistant:"
+_SENTINEL = "RLHF_TRL_SENTINEL_MESSAGE"
+
+
+def load_causal_lm(path: str | Path):
+    """Load ``(model, tokenizer)`` from a checkpoint folder: a full model or a LoRA adapter folder.
+
+    An adapter folder (``adapter_config.json``) is loaded on top of its base model; its tokenizer comes from the
+    folder when saved there, else from the base model. The model is returned in eval mode on CPU/GPU as saved.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhf_trl.models import TINY_BASE, resolve_model_name
+
+    path = Path(resolve_model_name(str(path)) if str(path) == TINY_BASE else path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    adapter_config = path / "adapter_config.json"
+    if adapter_config.exists():
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path)
+        base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+        tokenizer_source = path if (path / "tokenizer_config.json").exists() else base_name
+    else:
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} holds no model: neither config.json nor adapter_config.json")
+        model = AutoModelForCausalLM.from_pretrained(path)
+        tokenizer_source = path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    model.eval()
+    return model, tokenizer
+
+
+@dataclass
+class GenerationSettings:
+    """How answers are generated: greedy unless ``do_sample``; ``temperature`` only applies when sampling."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    do_sample: bool = False
+    batch_size: int = 16
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1 or self.batch_size < 1:
+            raise ValueError(f"max_new_tokens ({self.max_new_tokens}) and batch_size ({self.batch_size}) must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (got {self.temperature}); use greedy decoding instead of 0")
+
+
+@dataclass
+class GeneratedBatch:
+    """Token-level result of one batch: prompts left-padded, completions right-padded with the pad token.
+
+    ``completion_mask`` is 1 for the tokens the model produced up to and including its first end-of-text token.
+    """
+
+    prompt_ids: torch.LongTensor  # [batch, prompt_len]
+    prompt_mask: torch.LongTensor  # [batch, prompt_len]
+    completion_ids: torch.LongTensor  # [batch, completion_len]
+    completion_mask: torch.LongTensor  # [batch, completion_len]
+    texts: list[str] = field(default_factory=list)
+
+
+def end_token_ids(model, tokenizer) -> list[int]:
+    """Tokens that end an answer: the tokenizer's EOS and those of the model's generation config (chat models
+    often end a turn with their own token, such as ``<|im_end|>``)."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    generation_config = getattr(model, "generation_config", None)
+    configured = generation_config.eos_token_id if generation_config is not None else None
+    for token_id in configured if isinstance(configured, list) else [configured]:
+        if token_id is not None and token_id not in ids:
+            ids.append(token_id)
+    if not ids:
+        raise ValueError("neither the tokenizer nor the model's generation config names an end-of-text token")
+    return ids
+
+
+def user_turn_marker(tokenizer) -> str | None:
+    """The text a chat template puts before a user message (for instance ``<|user|>``), found by rendering a
+    conversation with and without a trailing user turn. None when the tokenizer has no template."""
+    if not tokenizer.chat_template:
+        return None
+    first = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}]
+    second = [*first, {"role": "user", "content": _SENTINEL}]
+    without_turn = tokenizer.apply_chat_template(first, tokenize=False)
+    with_turn = tokenizer.apply_chat_template(second, tokenize=False)
+    if not with_turn.startswith(without_turn) or _SENTINEL not in with_turn:
+        return None
+    marker = with_turn[len(without_turn) : with_turn.index(_SENTINEL)].strip()
+    return marker or None
+
+
+class ChatSession:
+    """A conversation with one model: ``reply(user_text) -> answer`` keeps the history, ``clear()`` forgets it.
+
+    ``complete(prompts)`` answers already formatted prompts in batches without touching the history; evaluation
+    uses it so that chat and evaluation read answers the same way.
+    """
+
+    def __init__(self, model, tokenizer, settings: GenerationSettings | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings or GenerationSettings()
+        self.history: list[tuple[str, str]] = []  # (user text, assistant answer)
+        self.uses_chat_template = bool(tokenizer.chat_template)
+        marker = user_turn_marker(tokenizer)
+        self.stop_markers = [TRANSCRIPT_USER] + ([marker] if marker and marker != TRANSCRIPT_USER else [])
+        # A marker made of special tokens vanishes when decoding without them, so it is also looked for in the ids.
+        self.stop_token_sequences = [tokenizer.encode(marker, add_special_tokens=False)] if marker else []
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; batched generation needs one")
+        self.end_token_ids = end_token_ids(model, tokenizer)
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, settings: GenerationSettings | None = None) -> ChatSession:
+        model, tokenizer = load_causal_lm(path)
+        return cls(model, tokenizer, settings)
+
+    def clear(self) -> None:
+        self.history = []
+
+    def render(self, history: list[tuple[str, str]], user_text: str) -> str:
+        """Prompt text for the next answer: the history and the new user message, ending where the answer starts."""
+        if self.uses_chat_template:
+            messages = []
+            for previous_user, previous_answer in history:
+                messages.append({"role": "user", "content": previous_user})
+                messages.append({"role": "assistant", "content": previous_answer})
+            messages.append({"role": "user", "content": user_text})
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        turns = [f"{TRANSCRIPT_USER} {user} {TRANSCRIPT_ASSISTANT} {answer}" for user, answer in history]
+        turns.append(f"{TRANSCRIPT_USER} {user_text} {TRANSCRIPT_ASSISTANT}")
+        return " ".join(turns)
+
+    def reply(self, user_text: str) -> str:
+        """Answer one user message in the context of the conversation so far and remember the exchange.
+
+        When the conversation no longer fits the model's positions, the oldest exchanges are dropped first.
+        """
+        history = list(self.history)
+        prompt = self.render(history, user_text)
+        while history and not self._fits(prompt):
+            history.pop(0)
+            prompt = self.render(history, user_text)
+        if len(history) < len(self.history):
+            logger.info(
+                "conversation too long for the model: dropped the %d oldest exchanges",
+                len(self.history) - len(history),
+            )
+        answer = self.complete([prompt])[0]
+        self.history = [*history, (user_text, answer)]
+        return answer
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        """Answers (clean text) for formatted prompts, generated in batches of ``settings.batch_size``."""
+        answers = []
+        for start in range(0, len(prompts), self.settings.batch_size):
+            answers.extend(self.generate(prompts[start : start + self.settings.batch_size]).texts)
+        return answers
+
+    def _encode(self, prompts: list[str]):
+        # A rendered chat template already holds the special tokens it wants (a BOS for instance).
+        add_special_tokens = not self.uses_chat_template
+        return self.tokenizer(list(prompts), add_special_tokens=add_special_tokens, return_token_type_ids=False)
+
+    def _prompt_limit(self) -> int | None:
+        """Most prompt tokens: the model's positions minus the room kept for the answer (at most half of them,
+        so a large ``max_new_tokens`` on a small model still leaves space for the conversation)."""
+        if self.max_positions is None:
+            return None
+        return self.max_positions - min(self.settings.max_new_tokens, self.max_positions // 2)
+
+    def _fits(self, prompt: str) -> bool:
+        limit = self._prompt_limit()
+        return limit is None or len(self._encode([prompt])["input_ids"][0]) <= limit
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str]) -> GeneratedBatch:
+        """Generate for one batch of formatted prompts; prompts longer than the model allows keep their end."""
+        limit = self._prompt_limit()
+        encoded = self._encode(prompts)
+        sequences = [ids[-limit:] if limit is not None else ids for ids in encoded["input_ids"]]
+        truncated = sum(len(ids) != len(kept) for ids, kept in zip(encoded["input_ids"], sequences))
+        if truncated:
+            logger.warning("%d prompt(s) longer than %d tokens were cut from the left", truncated, limit)
+        batch = self.tokenizer.pad({"input_ids": sequences}, padding=True, padding_side="left", return_tensors="pt")
+        device = next(self.model.parameters()).device
+        prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        sampling = (
+            {"do_sample": True, "temperature": self.settings.temperature}
+            if self.settings.do_sample
+            else {"do_sample": False}
+        )
+        max_new_tokens = self.settings.max_new_tokens
+        if self.max_positions is not None and prompt_ids.shape[1] + max_new_tokens > self.max_positions:
+            max_new_tokens = self.max_positions - prompt_ids.shape[1]
+            logger.info(
+                "answers limited to %d new tokens by the model's %d positions", max_new_tokens, self.max_positions
+            )
+        output = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.end_token_ids,
+            **sampling,
+        )
+        completion_ids = output[:, prompt_ids.shape[1] :]
+        completion_mask = self._completion_mask(completion_ids)
+        # Everything after the first end-of-text token is padding that generate() appended.
+        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id)
+        texts = [self._clean(ids[mask.bool()]) for ids, mask in zip(completion_ids, completion_mask)]
+        return GeneratedBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
+
+    def _completion_mask(self, completion_ids: torch.LongTensor) -> torch.LongTensor:
+        """1 up to and including the first end-of-text token of each row, 0 after it."""
+        is_end = torch.isin(completion_ids, torch.tensor(self.end_token_ids, device=completion_ids.device))
+        ends_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()  # end tokens strictly before each position
+        return (ends_before == 0).long()
+
+    def _clean(self, token_ids: torch.LongTensor) -> str:
+        """Decode the new tokens of one answer without special tokens and cut it at the next user turn."""
+        ids = token_ids.tolist()
+        for sequence in self.stop_token_sequences:
+            for start in range(len(ids) - len(sequence) + 1):
+                if sequence and ids[start : start + len(sequence)] == sequence:
+                    ids = ids[:start]
+                    break
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        cut = len(text)
+        for marker in self.stop_markers:
+            position = text.find(marker)
+            if position != -1:
+                cut = min(cut, position)
+        return text[:cut].strip()
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rlhf-trl chat",
+        description="Chat with a checkpoint in the terminal. Type 'clear' to start over, 'quit' to leave.",
+    )
+    parser.add_argument("--path", required=True, help="checkpoint folder (full model or LoRA adapter)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer")
+    parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
+    parser.add_argument("--do-sample", action="store_true", help="sample answers instead of greedy decoding")
+    return parser
+
+
+def run_conversation(session: ChatSession, read_line, write) -> None:
+    """Read user messages with ``read_line()`` ('' at the end of the input) and ``write`` the answers, until
+    ``quit`` or the end of the input."""
+    write("Type 'clear' to start a new conversation, 'quit' to leave.\n")
+    while True:
+        write(f"{TRANSCRIPT_USER} ")
+        line = read_line()
+        if not line:
+            write("\n")
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text.lower() == "quit":
+            break
+        if text.lower() == "clear":
+            session.clear()
+            write("[conversation cleared]\n")
+            continue
+        write(f"Assistant: {session.reply(text)}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = make_parser().parse_args(argv)
+    try:
+        settings = GenerationSettings(
+            max_new_tokens=arguments.max_new_tokens, temperature=arguments.temperature, do_sample=arguments.do_sample
+        )
+        session = ChatSession.from_pretrained(arguments.path, settings)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+    def write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    run_conversation(session, sys.stdin.readline, write)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

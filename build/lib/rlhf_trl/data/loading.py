@@ -1,0 +1,281 @@
+"""``load_step_datasets``: every source of ``DataArguments`` read, checked, cut for one step, mixed and cached.
+
+For each source: read raw rows -> (adapter) -> check and normalise (``records.py``) -> convert the format if asked
+(``conversation.py``) -> shape for the step. Multi-step sources (pairs, rankings) give each step its disjoint
+``data_split`` share; SFT-only sources feed step 1 and prompt-only sources step 3 in full. Evaluation data is, in
+order of preference: ``eval_datasets``, the source's own eval split (cut by the same shares), an automatic seeded
+hold-out of ``eval_split_ratio``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import datasets
+
+from . import tiny_sort
+from .arguments import DataArguments
+from .cache import cache_key, load_entry, save_entry
+from .conversation import record_to_conversational, record_to_text
+from .errors import DataValidationError, RecordFiltered, RecordProblem
+from .local_files import RawRows
+from .records import (
+    MULTI_STEP_KINDS,
+    STEPS_FED,
+    is_conversational,
+    majority_kind,
+    messages_to_prompt_completion,
+    normalize_record,
+    pair_to_ranking,
+    step_record,
+)
+from .sources import Source, resolve_source
+from .splits import apply_weight, derived_seed, eval_holdout, shuffled, step_share_indices
+from .summary import SourceReport, ValidationSummary
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepDatasets:
+    """What a step script trains on: TRL-format datasets and the summary to print before training."""
+
+    train: datasets.Dataset = field(metadata={"help": "Training records in TRL's format for the step."})
+    eval: datasets.Dataset | None = field(metadata={"help": "Evaluation records, or None when there are none."})
+    summary: ValidationSummary = field(metadata={"help": "Counts of read, used, skipped and filtered records."})
+
+
+@dataclass
+class _SourcePart:
+    label: str
+    weight: float
+    train: list[dict]
+    eval: list[dict]
+
+
+def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
+    """Train and eval datasets of ``step`` (1: SFT, 2: reward model, 3: PPO prompts) from ``args``.
+
+    Raises ``DataValidationError`` for bad data (naming file, record and field) and when nothing is left to train on.
+    """
+    if step not in (1, 2, 3):
+        raise ValueError(f"step must be 1, 2 or 3, got {step}")
+    sources = [resolve_source(spec) for spec in args.sources]
+    eval_sources = [resolve_source(spec) for spec in args.eval_sources]
+    key = None
+    if args.data_cache_dir:
+        key = cache_key(
+            args,
+            step,
+            [(source.label, source.fingerprint()) for source in sources],
+            [(source.label, source.fingerprint()) for source in eval_sources],
+        )
+        cached = load_entry(args.data_cache_dir, step, key)
+        if cached is not None:
+            return StepDatasets(*cached)
+
+    summary = ValidationSummary(step=step)
+    parts = [_prepare_source(source, step, args, summary.report_for(source.label, "train")) for source in sources]
+    parts += [
+        _prepare_eval_source(source, step, args, summary.report_for(source.label, "eval")) for source in eval_sources
+    ]
+    _harmonize(parts, step)
+
+    train_records = []
+    for position, part in enumerate(parts):
+        train_records += apply_weight(part.train, part.weight, derived_seed(args.data_split_seed, "weight", position))
+    train_records = shuffled(train_records, derived_seed(args.data_split_seed, "mix", step))[: args.max_train_samples]
+    eval_records = [record for part in parts for record in part.eval]
+    eval_records = shuffled(eval_records, derived_seed(args.data_split_seed, "eval", step))[: args.max_eval_samples]
+    if not train_records:
+        raise DataValidationError(
+            f"no training records for step {step} in {', '.join(args.datasets)}: "
+            + "; ".join(note for report in summary.sources for note in report.notes),
+            source=", ".join(args.datasets),
+            reason="empty",
+        )
+    train = _to_dataset(train_records, "train")
+    evaluation = _to_dataset(eval_records, "eval") if eval_records else None
+    if args.skip_invalid_records or summary.total_filtered:
+        logger.warning("%s", summary)
+    else:
+        logger.info("%s", summary)
+    if key is not None:
+        save_entry(args.data_cache_dir, step, key, train, evaluation, summary)
+    return StepDatasets(train=train, eval=evaluation, summary=summary)
+
+
+def _source_kind(source: Source, rows: list[RawRows]) -> str:
+    if not sum(len(raw_rows) for raw_rows in rows):
+        raise DataValidationError(f"{source.label}: empty dataset (no records)", source=source.label, reason="empty")
+    if source.adapter is not None:
+        return source.adapter.kind
+    return majority_kind((value for raw_rows in rows for _, value in raw_rows), source.label)
+
+
+def _tiny_rows(step: int) -> tuple[list[RawRows], list[RawRows]]:
+    train = RawRows(tiny_sort.NAME, list(enumerate(tiny_sort.train_records(step), start=1)))
+    evaluation = RawRows(f"{tiny_sort.NAME}[eval]", list(enumerate(tiny_sort.eval_records(step), start=1)))
+    return [train], [evaluation]
+
+
+def _prepare_source(source: Source, step: int, args: DataArguments, report: SourceReport) -> _SourcePart:
+    """This step's training (and own eval) records of one ``--datasets`` source."""
+    part = _SourcePart(source.label, source.spec.weight, [], [])
+    train_rows, eval_rows = _tiny_rows(step) if source.is_tiny else source.rows()
+    kind = _source_kind(source, train_rows)
+    if step not in STEPS_FED[kind]:
+        report.notes.append(f"not used in step {step}: {kind} records feed step(s) {STEPS_FED[kind]}")
+        logger.info("%s: %s", source.label, report.notes[-1])
+        return part
+    split_by_step = kind in MULTI_STEP_KINDS and not source.is_tiny
+    shares = args.step_shares
+
+    def keep(rows: list[RawRows], purpose: str) -> set[int] | None:
+        if not split_by_step:
+            return None
+        count = sum(len(raw_rows) for raw_rows in rows)
+        # The seed does not depend on the source's name or path: moving a file must not reshuffle its steps.
+        seed = derived_seed(args.data_split_seed, "steps", purpose)
+        return set(step_share_indices(count, shares, seed)[step - 1])
+
+    part.train = _check_rows(train_rows, source, kind, step, args, report, keep(train_rows, "train"))
+    if split_by_step and not part.train:
+        report.notes.append(f"data_split {args.data_split!r} gives step {step} no records of this source")
+    if args.eval_datasets:
+        return part  # explicit eval sources replace the sources' own eval data
+    if eval_rows and sum(len(raw_rows) for raw_rows in eval_rows):
+        part.eval = _check_rows(eval_rows, source, kind, step, args, report, keep(eval_rows, "eval"))
+    else:
+        seed = derived_seed(args.data_split_seed, "holdout", step)
+        held_out = eval_holdout(len(part.train), args.eval_split_ratio, seed)
+        part.eval = [record for position, record in enumerate(part.train) if position in held_out]
+        part.train = [record for position, record in enumerate(part.train) if position not in held_out]
+        if held_out:
+            report.notes.append(f"{len(held_out)} records held out for evaluation (eval_split_ratio)")
+    report.train_used, report.eval_used = len(part.train), len(part.eval)
+    return part
+
+
+def _prepare_eval_source(source: Source, step: int, args: DataArguments, report: SourceReport) -> _SourcePart:
+    """All records of an ``--eval_datasets`` source usable in this step (no step shares: it is eval-only)."""
+    part = _SourcePart(source.label, source.spec.weight, [], [])
+    train_rows, eval_rows = _tiny_rows(step) if source.is_tiny else source.rows()
+    rows = eval_rows if source.is_tiny else [*train_rows, *eval_rows]
+    kind = _source_kind(source, rows)
+    if step not in STEPS_FED[kind]:
+        report.notes.append(f"not used in step {step}: {kind} records feed step(s) {STEPS_FED[kind]}")
+        return part
+    part.eval = _check_rows(rows, source, kind, step, args, report, None)
+    report.eval_used = len(part.eval)
+    return part
+
+
+def _convert(value: object, source: Source, kind: str, step: int, args: DataArguments) -> dict:
+    if isinstance(value, RecordProblem):
+        raise value
+    record = source.adapter.convert_row(value) if source.adapter is not None else value
+    record = normalize_record(record, kind, args.max_prompt_length_chars)
+    if args.record_format == "conversational":
+        record = record_to_conversational(record)
+    elif args.record_format == "text":
+        record = record_to_text(record)
+    return step_record(record, kind, step)
+
+
+def _check_rows(
+    rows: list[RawRows],
+    source: Source,
+    kind: str,
+    step: int,
+    args: DataArguments,
+    report: SourceReport,
+    keep: set[int] | None,
+) -> list[dict]:
+    """Checked step records of ``rows`` whose running index is in ``keep`` (None: all).
+
+    Every row is checked, kept or not, so a bad record stops step 1 rather than surfacing steps later. The
+    running index counts bad rows too, so fixing a record does not move others between steps.
+    """
+    records, index, read_before, valid_before = [], 0, report.records_read, report.records_valid
+    for raw_rows in rows:
+        for number, value in raw_rows:
+            report.records_read += 1
+            location = f"{raw_rows.origin} record {number}"
+            try:
+                record = _convert(value, source, kind, step, args)
+            except RecordFiltered as filtered:
+                report.count_filter(filtered.reason, location)
+            except RecordProblem as problem:
+                if not args.skip_invalid_records:
+                    raise DataValidationError.for_record(
+                        raw_rows.origin, number, problem.field, problem.reason, problem.detail
+                    ) from None
+                reason = f"{problem.reason}: {problem.field}" if problem.field else problem.reason
+                report.count_skip(reason, location)
+            else:
+                report.records_valid += 1
+                if keep is None or index in keep:
+                    records.append(record)
+            index += 1
+    read, valid = report.records_read - read_before, report.records_valid - valid_before
+    if read == 0:
+        raise DataValidationError(f"{source.label}: empty dataset (no records)", source=source.label, reason="empty")
+    if valid == 0:
+        reasons = ", ".join(f"{count} x {reason}" for reason, count in report.skipped.most_common(3))
+        raise DataValidationError(
+            f"{source.label}: none of its {read} records is usable ({reasons or 'all filtered'})",
+            source=source.label,
+            reason="all records invalid",
+        )
+    return records
+
+
+def _harmonize(parts: list[_SourcePart], step: int) -> None:
+    """Give all records of the step one shape, so they fit in one table; text and chat data never mix silently."""
+    formats = {}
+    for part in parts:
+        for record in [*part.train, *part.eval]:
+            formats.setdefault(is_conversational(record), part.label)
+    if len(formats) > 1:
+        raise DataValidationError(
+            f"step {step} mixes text records ({formats[False]}) and conversational records ({formats[True]}); "
+            "set --record_format text or --record_format conversational",
+            source=f"{formats[False]}, {formats[True]}",
+            reason="mixed formats",
+        )
+    records = [record for part in parts for record in [*part.train, *part.eval]]
+    keys = {key for record in records for key in record}
+    for part in parts:
+        try:
+            if step == 1 and "messages" in keys and "prompt" in keys:
+                part.train = [_as_prompt_completion(record) for record in part.train]
+                part.eval = [_as_prompt_completion(record) for record in part.eval]
+        except RecordProblem as problem:
+            raise DataValidationError.for_record(
+                part.label, None, problem.field, problem.reason, problem.detail
+            ) from None
+        if step == 2 and "responses" in keys and "chosen" in keys:
+            part.train = [pair_to_ranking(record) if "chosen" in record else record for record in part.train]
+            part.eval = [pair_to_ranking(record) if "chosen" in record else record for record in part.eval]
+        if step == 3:
+            # Extra columns of one source become empty (None) columns for the others.
+            part.train = [{key: record.get(key) for key in sorted(keys)} for record in part.train]
+            part.eval = [{key: record.get(key) for key in sorted(keys)} for record in part.eval]
+
+
+def _as_prompt_completion(record: dict) -> dict:
+    return messages_to_prompt_completion(record) if "messages" in record else record
+
+
+def _to_dataset(records: list[dict], role: str) -> datasets.Dataset:
+    import pyarrow
+
+    try:
+        return datasets.Dataset.from_list(records)
+    except (pyarrow.ArrowException, TypeError, ValueError, OverflowError) as error:
+        raise DataValidationError(
+            f"cannot build the {role} table: a column holds values of different types across records ({error})",
+            reason="mixed column types",
+        ) from error

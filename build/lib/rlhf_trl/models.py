@@ -1,0 +1,67 @@
+"""Model names the project resolves itself, and tokenizer set-up every step needs."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("RLHF_TRL_CACHE", Path.home() / ".cache" / "rlhf_trl"))
+# The embedded tiny default: built and briefly pretrained locally on first use, then cached.
+TINY_BASE = "tiny-base"
+
+
+def resolve_model_name(name_or_path: str | None) -> str | None:
+    """Map the project's own names to folders, and LoRA adapter folders (a LoRA step's output) to a full model
+    with the adapter merged in, so the next step can load it, quantize it and add its own adapters. Every other
+    name or path is returned unchanged."""
+    if name_or_path == TINY_BASE:
+        from rlhf_trl.tiny.model import build_tiny_base
+
+        return str(build_tiny_base())
+    if name_or_path and (Path(name_or_path) / "adapter_config.json").is_file():
+        return str(merged_adapter(Path(name_or_path)))
+    return name_or_path
+
+
+def merged_adapter(adapter_dir: Path) -> Path:
+    """The adapter merged into its base, cached by the adapter's content; the adapter folder is never modified."""
+    from rlhf_trl.hub import merge_adapter
+
+    digest = hashlib.sha256()
+    for path in sorted(adapter_dir.glob("adapter_*")):
+        digest.update(path.read_bytes())
+    target = CACHE_DIR / "merged" / digest.hexdigest()[:16]
+    if (target / "config.json").exists():
+        return target
+    staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=ensure_dir(target.parent)))
+    merge_adapter(adapter_dir, staging)
+    os.replace(staging, target)
+    logger.info("merged LoRA adapter %s into %s", adapter_dir, target)
+    return target
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """PPO must tell padding from a real end of answer, so pad may not be EOS. Tokenizers without a pad token
+    get a dedicated one (the model's embeddings are resized by the caller)."""
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        logger.warning("tokenizer had no separate pad token: added '<pad>' (id %d)", tokenizer.pad_token_id)
+
+
+def match_embeddings(model, tokenizer) -> None:
+    """Resize the embeddings after new special tokens and record the pad id in the model config."""
+    if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id

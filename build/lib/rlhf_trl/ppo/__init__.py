@@ -1,0 +1,1 @@
+"""PPO for language models: losses (pure functions), rollout backends and the trainer."""

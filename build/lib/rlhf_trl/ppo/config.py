@@ -1,0 +1,184 @@
+"""PPOConfig: TrainingArguments plus DeepSpeed-Chat's step-3 options. Defaults follow DS-Chat (see the README's
+flag table); fields marked "DS-Chat: ..." give its value where ours differs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import TrainingArguments
+
+ROLLOUT_BACKENDS = ("hf", "deepspeed")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+SCORE_NORMALIZATIONS = ("none", "running", "reference")
+SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+@dataclass
+class PPOConfig(TrainingArguments):
+    # Models and rewards -------------------------------------------------------------------------------------------
+    reward_model_path: str | None = field(
+        default=None, metadata={"help": "Reward model (AutoModelForSequenceClassification, one label) from step 2."}
+    )
+    value_model_path: str | None = field(
+        default=None, metadata={"help": "Critic initialisation; defaults to reward_model_path (as DS-Chat)."}
+    )
+    reward_funcs: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Python reward functions 'module:function' (TRL GRPO signature), used with or without "
+            "a reward model."
+        },
+    )
+    reward_weights: list[float] | None = field(
+        default=None,
+        metadata={"help": "Weights of the reward sources: the reward model first (if any), then reward_funcs."},
+    )
+    # Learning rates and schedule ------------------------------------------------------------------------------------
+    learning_rate: float = field(default=9.65e-6, metadata={"help": "Actor learning rate (DS-Chat 9.65e-6)."})
+    critic_learning_rate: float = field(default=5e-6, metadata={"help": "Critic learning rate (DS-Chat 5e-6)."})
+    critic_lr_scheduler_type: str | None = field(
+        default=None, metadata={"help": f"Critic schedule, one of {SCHEDULES}; defaults to lr_scheduler_type."}
+    )
+    generation_batches: int = field(
+        default=1,
+        metadata={
+            "help": "Rollout batches of per_device_train_batch_size prompts collected before each update "
+            "round (DS-Chat generation_batches)."
+        },
+    )
+    num_mini_batches: int = field(
+        default=1, metadata={"help": "Mini-batches each rollout is split into for the PPO updates."}
+    )
+    num_ppo_epochs: int = field(default=1, metadata={"help": "Passes over each rollout (DS-Chat ppo_epochs)."})
+    # Generation -----------------------------------------------------------------------------------------------------
+    max_prompt_length: int = field(default=256, metadata={"help": "Prompts are left-truncated to this many tokens."})
+    max_new_tokens: int = field(default=256, metadata={"help": "Longest answer in tokens."})
+    min_new_tokens: int = field(default=0, metadata={"help": "Shortest answer (EOS is suppressed before it)."})
+    temperature: float = field(
+        default=1.0, metadata={"help": "Sampling temperature; log-probs are computed with the same temperature."}
+    )
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0: off)."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling (1.0: off)."})
+    stop_strings: list[str] | None = field(default=None, metadata={"help": "Strings that end an answer."})
+    generation_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Any other GenerationConfig fields, as a dict (YAML) or JSON string."}
+    )
+    rollout_backend: str = field(default="hf", metadata={"help": f"Generation engine, one of {ROLLOUT_BACKENDS}."})
+    inference_tp_size: int = field(default=1, metadata={"help": "deepspeed backend: inference tensor-parallel size."})
+    release_inference_cache: bool = field(
+        default=False, metadata={"help": "deepspeed backend: free the inference KV cache after each rollout."}
+    )
+    pin_parameters: bool = field(
+        default=True, metadata={"help": "deepspeed backend: keep gathered parameters pinned between rollouts."}
+    )
+    cuda_graph: bool = field(default=False, metadata={"help": "deepspeed backend: CUDA-graph greedy decode."})
+    # KL and reward shaping ------------------------------------------------------------------------------------------
+    kl_coef: float = field(default=0.1, metadata={"help": "KL coefficient (initial value when adaptive)."})
+    kl_estimator: str = field(default="k1", metadata={"help": f"Per-token KL estimator, one of {KL_ESTIMATORS}."})
+    kl_in_reward: bool = field(
+        default=True, metadata={"help": "True: KL penalty in the reward (DS-Chat). False: KL as a loss term."}
+    )
+    kl_loss_estimator: str = field(
+        default="k3",
+        metadata={
+            "help": "Estimator of the KL loss term when kl_in_reward is False. k1 has zero expected gradient as a "
+            "loss, so it is refused; k3's gradient is that of KL(ref||policy), k2's that of KL(policy||ref)."
+        },
+    )
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef toward kl_target (Ziegler et al.)."})
+    kl_target: float | None = field(default=None, metadata={"help": "Target KL per answer for adaptive_kl."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
+    reward_clip: float | None = field(
+        default=5.0, metadata={"help": "Clip the score to [-reward_clip, reward_clip] (DS-Chat 5; None: off)."}
+    )
+    score_normalization: str = field(
+        default="none",
+        metadata={
+            "help": f"One of {SCORE_NORMALIZATIONS}: running mean/std of scores, or a fixed mean/std measured "
+            "once on reference-policy samples before training."
+        },
+    )
+    missing_eos_penalty: float | None = field(
+        default=None, metadata={"help": "Subtract this from the score of answers that never produced EOS."}
+    )
+    whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the shaped per-token rewards."})
+    # Advantages and losses ------------------------------------------------------------------------------------------
+    gamma: float = field(default=1.0, metadata={"help": "Discount (DS-Chat 1.0)."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda (DS-Chat 0.95)."})
+    whiten_advantages: bool = field(default=False, metadata={"help": "Whiten advantages (DS-Chat: off)."})
+    cliprange: float = field(default=0.2, metadata={"help": "Policy ratio clip (DS-Chat 0.2)."})
+    cliprange_value: float = field(default=0.2, metadata={"help": "Value clip (DS-Chat 0.2)."})
+    vf_coef: float = field(default=1.0, metadata={"help": "Weight of the value loss (its own lr already scales it)."})
+    entropy_coef: float = field(default=0.0, metadata={"help": "Entropy bonus weight (0: off)."})
+    # EMA and PPO-ptx ------------------------------------------------------------------------------------------------
+    ema_beta: float | None = field(
+        default=None, metadata={"help": "Keep an EMA copy of the actor with this beta (DS-Chat 0.992); None: off."}
+    )
+    ptx_datasets: list[str] | None = field(
+        default=None, metadata={"help": "Datasets (as in step 1) whose LM loss is mixed into the actor loss."}
+    )
+    ptx_coef: float = field(default=0.0, metadata={"help": "PPO-ptx coefficient (DS-Chat 27.8 when enabled)."})
+    # Stability ------------------------------------------------------------------------------------------------------
+    ratio_threshold: float = field(
+        default=10.0, metadata={"help": "Skip a micro-batch whose importance ratio exceeds this (a blow-up)."}
+    )
+    approx_kl_threshold: float | None = field(
+        default=None, metadata={"help": "Skip a micro-batch whose approx-KL to the rollout policy exceeds this."}
+    )
+    max_consecutive_skips: int = field(
+        default=8, metadata={"help": "Stop with an error after this many blown-up micro-batches in a row."}
+    )
+    critic_lora: bool = field(
+        default=True,
+        metadata={"help": "With LoRA (use_peft): train the critic through adapters too (its score head fully)."},
+    )
+    # Misc -----------------------------------------------------------------------------------------------------------
+    disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in every model (DS-Chat)."})
+    num_samples_to_log: int = field(default=4, metadata={"help": "Sample answers written to samples.jsonl per log."})
+    eval_prompts_limit: int = field(default=200, metadata={"help": "Held-out prompts used for each evaluation."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every this many PPO steps."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self._check_choices()
+        world = max(self.world_size, 1)
+        # Honest batch names, derived once. A rollout is what one process generates between two update rounds.
+        self.local_rollout_batch_size = self.per_device_train_batch_size * self.generation_batches
+        self.rollout_batch_size = self.local_rollout_batch_size * world
+        if self.local_rollout_batch_size % self.num_mini_batches:
+            raise ValueError(
+                f"per_device_train_batch_size * generation_batches = {self.local_rollout_batch_size} is not divisible "
+                f"by num_mini_batches = {self.num_mini_batches}: change one of them"
+            )
+        self.local_mini_batch_size = self.local_rollout_batch_size // self.num_mini_batches
+        if self.local_mini_batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"the mini-batch of {self.local_mini_batch_size} samples per device is not divisible by "
+                f"gradient_accumulation_steps = {self.gradient_accumulation_steps}: lower it or raise the batch"
+            )
+        self.micro_batch_size = self.local_mini_batch_size // self.gradient_accumulation_steps
+
+    def _check_choices(self):
+        checks = {
+            "rollout_backend": (self.rollout_backend, ROLLOUT_BACKENDS),
+            "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
+            "score_normalization": (self.score_normalization, SCORE_NORMALIZATIONS),
+        }
+        if self.critic_lr_scheduler_type is not None:
+            checks["critic_lr_scheduler_type"] = (self.critic_lr_scheduler_type, SCHEDULES)
+        for name, (value, choices) in checks.items():
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+        if self.kl_loss_estimator not in ("k2", "k3"):
+            raise ValueError(
+                f"kl_loss_estimator must be k2 or k3 (k1 has no useful gradient), got {self.kl_loss_estimator!r}"
+            )
+        if self.adaptive_kl and self.kl_target is None:
+            raise ValueError("adaptive_kl needs kl_target")
+        if self.ptx_coef > 0 and not self.ptx_datasets:
+            raise ValueError("ptx_coef > 0 needs ptx_datasets")
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens {self.min_new_tokens} > max_new_tokens {self.max_new_tokens}")
+        if self.ema_beta is not None and not 0.0 < self.ema_beta < 1.0:
+            raise ValueError(f"ema_beta must be in (0, 1), got {self.ema_beta}")

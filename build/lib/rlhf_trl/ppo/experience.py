@@ -1,0 +1,141 @@
+"""What one PPO step collects (the rollout), the resumable prompt sampler and score normalisation."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Rollout:
+    """One step's experience on this process. Shapes: B samples, P prompt tokens, C completion tokens."""
+
+    prompts: list[str]  # text of each prompt as the model saw it (chat template applied)
+    columns: dict[str, list]  # other dataset columns, handed to reward functions
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, C] pad after the first EOS
+    completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
+    completions: list[str] = field(default_factory=list)
+    logprobs: torch.Tensor | None = None  # [B, C] actor at generation time
+    ref_logprobs: torch.Tensor | None = None  # [B, C]
+    values: torch.Tensor | None = None  # [B, C]
+    scores: torch.Tensor | None = None  # [B] shaped score (after penalty, normalisation, clip)
+    raw_scores: torch.Tensor | None = None  # [B] reward sources' weighted sum before shaping
+    score_parts: dict[str, torch.Tensor] = field(default_factory=dict)
+    gold_scores: torch.Tensor | None = None  # [B] true quality where a gold scorer exists (logged only)
+    kl: torch.Tensor | None = None  # [B, C] per-token KL estimate
+    rewards: torch.Tensor | None = None  # [B, C]
+    advantages: torch.Tensor | None = None  # [B, C]
+    returns: torch.Tensor | None = None  # [B, C]
+
+    def __len__(self) -> int:
+        return self.prompt_ids.shape[0]
+
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
+
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask, self.completion_mask.to(self.prompt_mask.dtype)], dim=1)
+
+    @staticmethod
+    def concatenate(parts: list[Rollout], pad_token_id: int) -> Rollout:
+        """Join generation batches (prompt and completion lengths may differ) into one rollout."""
+        if len(parts) == 1:
+            return parts[0]
+        prompt_length = max(part.prompt_ids.shape[1] for part in parts)
+        completion_length = max(part.completion_ids.shape[1] for part in parts)
+
+        def pad(tensor, length, value, left):
+            missing = length - tensor.shape[1]
+            padding = (missing, 0) if left else (0, missing)
+            return torch.nn.functional.pad(tensor, padding, value=value)
+
+        columns = {key: [value for part in parts for value in part.columns[key]] for key in parts[0].columns}
+        return Rollout(
+            prompts=[prompt for part in parts for prompt in part.prompts],
+            columns=columns,
+            prompt_ids=torch.cat([pad(part.prompt_ids, prompt_length, pad_token_id, True) for part in parts]),
+            prompt_mask=torch.cat([pad(part.prompt_mask, prompt_length, 0, True) for part in parts]),
+            completion_ids=torch.cat(
+                [pad(part.completion_ids, completion_length, pad_token_id, False) for part in parts]
+            ),
+            completion_mask=torch.cat([pad(part.completion_mask, completion_length, 0, False) for part in parts]),
+            completions=[text for part in parts for text in part.completions],
+        )
+
+
+class PromptSampler:
+    """Seeded, resumable order over the prompt dataset, sharded across processes.
+
+    Epoch e uses the permutation drawn from seed + e; a position is (epoch, batch index), saved in checkpoints,
+    so a resumed run sees exactly the prompts the uninterrupted run would have seen.
+    """
+
+    def __init__(self, size: int, per_device_batch: int, process_index: int, num_processes: int, seed: int):
+        global_batch = per_device_batch * num_processes
+        if size < global_batch:
+            raise ValueError(f"the prompt dataset has {size} prompts, fewer than one global batch ({global_batch})")
+        self.size, self.per_device_batch, self.global_batch = size, per_device_batch, global_batch
+        self.process_index, self.seed = process_index, seed
+        self.batches_per_epoch = size // global_batch
+        # The last partial batch of each epoch is left out (the trainer logs how many prompts that is).
+        self.dropped_per_epoch = size - self.batches_per_epoch * global_batch
+        self.epoch, self.batch_index = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed + epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def next_indices(self) -> list[int]:
+        if self.batch_index >= self.batches_per_epoch:
+            self.epoch, self.batch_index = self.epoch + 1, 0
+            self._order = self._permutation(self.epoch)
+        start = self.batch_index * self.global_batch + self.process_index * self.per_device_batch
+        self.batch_index += 1
+        return self._order[start : start + self.per_device_batch]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch_index": self.batch_index}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.batch_index = state["epoch"], state["batch_index"]
+        self._order = self._permutation(self.epoch)
+
+
+class ScoreNormalizer:
+    """Running (Welford) or fixed mean/std of reward scores; ``normalize`` maps scores to roughly unit scale."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0
+        self.frozen = False
+
+    def update(self, scores: torch.Tensor) -> None:
+        if self.frozen:
+            return
+        for value in scores.double().tolist():
+            self.count += 1
+            delta = value - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (value - self.mean)
+        if self.mode == "reference":
+            self.frozen = True  # measured once on reference-policy samples, then fixed
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
+
+    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.mode == "none":
+            return scores
+        return (scores - self.mean) / (self.std + 1e-8)
+
+    def state_dict(self) -> dict:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2, "frozen": self.frozen}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.mean, self.m2, self.frozen = state["count"], state["mean"], state["m2"], state["frozen"]

@@ -1,0 +1,82 @@
+"""The models PPO holds and their forward passes: actor log-probs, critic values per token, frozen reference."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rlhf_trl.ppo.losses import logprobs_from_logits
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.LongTensor:
+    """Left padding shifts every token; positions must count real tokens only. [B, L] -> [B, L]."""
+    positions = attention_mask.long().cumsum(dim=1) - 1
+    return positions.clamp(min=0)
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """PPO's ratio must be 1 on the first pass over a rollout; dropout would make it noisy."""
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+
+
+def unwrap_peft(model):
+    """The transformers model inside a PEFT wrapper (LoRA layers stay injected in it)."""
+    get_base = getattr(type(model), "get_base_model", None)
+    return model.get_base_model() if get_base is not None else model
+
+
+class CriticValues(nn.Module):
+    """Per-token values from a sequence-classification model: its score head applied to every position.
+
+    DS-Chat initialises the critic from the reward model; the same head that scores a whole answer at its last
+    token here estimates the return from every token.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        inner = unwrap_peft(model)
+        if not hasattr(inner, "score") or not hasattr(inner, inner.base_model_prefix):
+            raise ValueError(
+                f"critic {type(inner).__name__} has no 'score' head over '{inner.base_model_prefix}': load it with "
+                "AutoModelForSequenceClassification (num_labels=1)"
+            )
+        self.model = model  # registered so the optimizer, ZeRO and LoRA see the parameters
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        """-> values [B, L]"""
+        inner = unwrap_peft(self.model)
+        backbone = getattr(inner, inner.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)[0]
+        return inner.score(hidden).squeeze(-1).float()
+
+
+class PolicyAndValueWrapper(nn.Module):
+    """Actor and critic in one module so Accelerate/DeepSpeed prepare a single engine with one optimizer whose two
+    parameter groups carry the actor's and the critic's learning rates."""
+
+    def __init__(self, policy: nn.Module, value_model: nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.critic = CriticValues(value_model)
+
+    def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True):
+        """-> (logits [B, L, V], values [B, L] or None)"""
+        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+        values = self.critic(input_ids, attention_mask, position_ids) if with_values else None
+        return logits, values
+
+
+def completion_logprobs(logits, completion_ids, prompt_length: int, temperature: float):
+    """logits over prompt+completion [B, P+C, V] -> log-probs of the completion tokens [B, C].
+
+    The token at position t is predicted by the logits at t-1, so the completion is read from P-1 to the end-1.
+    """
+    completion_logits = logits[:, prompt_length - 1 : -1]
+    return logprobs_from_logits(completion_logits, completion_ids, temperature)
+
+
+def completion_values(values, prompt_length: int):
+    """values over prompt+completion [B, P+C] -> value of the state before each completion token [B, C]."""
+    return values[:, prompt_length - 1 : -1]

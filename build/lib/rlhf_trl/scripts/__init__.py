@@ -1,0 +1,1 @@
+"""One thin script per step: parse (TrlParser) -> build -> train -> save/push."""

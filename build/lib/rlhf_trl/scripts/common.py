@@ -1,0 +1,191 @@
+"""Pieces every step script shares: argument parsing with one-line errors, output-dir safety, model loading,
+metric logging to ``metrics.jsonl`` and the ``run_info.json`` lineage record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+from trl import TrlParser, get_peft_config, get_quantization_config
+
+logger = logging.getLogger("rlhf_trl")
+
+
+class StepError(RuntimeError):
+    """A problem with the user's input, reported as one line before any training starts."""
+
+
+def parse_step_arguments(dataclass_types, argv):
+    """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors."""
+    from rlhf_trl.configs import apply_reproducibility
+
+    parser = TrlParser(dataclass_types)
+    try:
+        parsed = parser.parse_args_and_config(args=argv)
+    except ValueError as error:
+        raise StepError(str(error).splitlines()[0]) from error
+    apply_reproducibility(parsed)
+    return parsed
+
+
+def run_step(main_function, argv):
+    """Run a step's main; our own errors become one line on stderr and exit code 2 instead of a traceback."""
+    from rlhf_trl.data import DataValidationError
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return main_function(argv)
+    except (StepError, DataValidationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool) -> Path:
+    """Refuse a non-empty output dir unless overwriting was asked for, so earlier results are never clobbered."""
+    path = Path(output_dir)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise StepError(f"output_dir {output_dir} is not empty; pass --overwrite_output_dir to write into it")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_model_path(name_or_path: str | None, what: str) -> str:
+    """Fail early on a missing local model folder; hub names are left to from_pretrained."""
+    if not name_or_path:
+        raise StepError(f"no {what} given (set model_name_or_path)")
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+            raise StepError(f"{what} {name_or_path} has no config.json: not a Hugging Face model folder")
+    elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        # Hub ids are 'name' or 'org/name'; anything else is a local path that is not there.
+        raise StepError(f"{what} {name_or_path} does not exist")
+    return name_or_path
+
+
+def model_init_kwargs(model_args) -> dict:
+    """from_pretrained keyword arguments from TRL's ModelConfig: dtype, attention and 8/4-bit quantization."""
+    kwargs = {"revision": model_args.model_revision}
+    if model_args.dtype not in (None, "auto"):
+        kwargs["dtype"] = getattr(torch, model_args.dtype)
+    elif model_args.dtype == "auto":
+        kwargs["dtype"] = "auto"
+    if model_args.attn_implementation:
+        kwargs["attn_implementation"] = model_args.attn_implementation
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        # Quantized weights are placed at load time: this process's GPU, or the CPU (bitsandbytes >= 0.45 runs there).
+        kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
+        if model_args.dtype is None and not torch.cuda.is_available():
+            # The layers that stay unquantized (norms, heads) must match the float32 activations of CPU kernels.
+            kwargs["dtype"] = torch.float32
+    return kwargs
+
+
+def load_pretrained(model_class, name_or_path: str, what: str, **kwargs):
+    """from_pretrained with a one-line error naming the model when it cannot be loaded."""
+    check_model_path(name_or_path, what)
+    try:
+        return model_class.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise StepError(f"cannot load {what} {name_or_path}: {first_line}") from error
+
+
+def trainable_in_float32_on_cpu(model) -> None:
+    """TRL casts the trainable parameters of quantized models to bf16 (the QLoRA recipe). On CPU the bitsandbytes
+    kernels return float32 activations, and a bf16 head trained in full (the reward model's ``score``) would then
+    see mismatched dtypes, so trainable parameters go back to float32 there."""
+    if torch.cuda.is_available() or getattr(model.config, "quantization_config", None) is None:
+        return
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
+
+
+def peft_config_or_none(model_args):
+    return get_peft_config(model_args) if model_args.use_peft else None
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Append every log of a TRL trainer to ``output_dir/metrics.jsonl`` (main process only)."""
+
+    def __init__(self, output_dir: str | Path):
+        self.path = Path(output_dir) / "metrics.jsonl"
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+def hyperparameters(training_args, keys) -> dict:
+    return {key: getattr(training_args, key) for key in keys if hasattr(training_args, key)}
+
+
+def write_run_info(output_dir, step_name, model_args, data_args, training_args, keys, final_metrics, started):
+    """Record the lineage of a checkpoint (used by the model card, the report and `rlhf-trl e2e`)."""
+    info = {
+        "step_name": step_name,
+        "base_model": model_args.model_name_or_path,
+        "datasets": list(data_args.datasets),
+        "data_split": data_args.data_split,
+        "hyperparameters": hyperparameters(training_args, keys),
+        "final_metrics": final_metrics,
+        "command": " ".join(shlex.quote(part) for part in sys.argv),
+        "wall_time_s": round(time.time() - started, 2),
+        "lora": bool(model_args.use_peft),
+        "quantization": "8-bit" if model_args.load_in_8bit else ("4-bit" if model_args.load_in_4bit else None),
+    }
+    path = Path(output_dir) / "run_info.json"
+    path.write_text(json.dumps(info, indent=2, default=str))
+    return info
+
+
+STEP_TITLES = {"sft": "step 1 (SFT)", "reward": "step 2 (reward model)", "ppo": "step 3 (PPO)"}
+
+
+def finish_step(output_dir, step_name, parsed, hyperparameter_keys, final_metrics, started) -> None:
+    """After a step saved its checkpoint (main process only): lineage record, plots, model card, optional Hub push
+    and the final metrics table. ``parsed`` is the (model, data, training, run) arguments tuple."""
+    from rlhf_trl import hub, plots
+
+    model_args, data_args, training_args, run_args = parsed
+    write_run_info(
+        output_dir, step_name, model_args, data_args, training_args, hyperparameter_keys, final_metrics, started
+    )
+    if run_args.plots:
+        plots.plot_step(output_dir)
+    hub.write_model_card(output_dir)
+    if training_args.push_to_hub:
+        if not training_args.hub_model_id:
+            raise StepError("push_to_hub needs --hub_model_id")
+        url = hub.push_to_hub(
+            output_dir,
+            training_args.hub_model_id,
+            private=bool(training_args.hub_private_repo),
+            merge_lora=run_args.merge_lora,
+            token=training_args.hub_token,
+        )
+        logger.info("pushed %s to %s", output_dir, url)
+    print_table(STEP_TITLES[step_name], final_metrics)
+
+
+def print_table(title: str, rows: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)

@@ -1,0 +1,250 @@
+"""All three steps with one command (DS-Chat's train.py): each step runs through ``accelerate launch`` with the
+config of the deployment type, logs to ``<output_dir>/stepN.log``, and feeds its checkpoint to the next step.
+
+    rlhf-trl e2e --recipe tiny --deployment-type cpu --output-dir outputs/demo
+    rlhf-trl e2e --actor-model facebook/opt-1.3b --reward-model facebook/opt-350m --recipe opt-1.3b \
+        --deployment-type single_node --actor-zero-stage 2 --reward-zero-stage 2 --output-dir outputs/opt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlhf_trl.models import TINY_BASE
+
+STEP_DIRS = {1: "step1_sft", 2: "step2_reward", 3: "step3_ppo"}
+STEP_MODULES = {1: "rlhf_trl.scripts.sft", 2: "rlhf_trl.scripts.reward", 3: "rlhf_trl.scripts.ppo"}
+STEP_RECIPES = {1: "sft.yaml", 2: "reward.yaml", 3: "ppo.yaml"}
+# (metric in run_info.json final_metrics, label): the first one present is the step's key metric.
+KEY_METRICS = {
+    1: [("eval_gold_score", "gold score"), ("eval_loss", "eval loss")],
+    2: [("eval_pair_accuracy", "pair accuracy"), ("eval_accuracy", "accuracy")],
+    3: [("eval/gold_score", "gold score"), ("eval/score", "reward score")],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="tiny", help="shipped recipe (rlhf-trl recipes) or a folder")
+    parser.add_argument("--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc.")
+    parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
+    parser.add_argument("--reward-model", default=None, help="base model of step 2 (default: the recipe's)")
+    parser.add_argument(
+        "--reward-init",
+        default="recipe",
+        choices=["recipe", "sft"],
+        help="where step 2 starts: the recipe's (or --reward-model) base (DS-Chat), or step 1's output (InstructGPT)",
+    )
+    parser.add_argument("--deployment-type", default="cpu", choices=["cpu", "single_gpu", "single_node", "multi_node"])
+    parser.add_argument("--step", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
+    parser.add_argument("--actor-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
+    parser.add_argument("--reward-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
+    parser.add_argument(
+        "--accelerate_config",
+        "--accelerate-config",
+        default=None,
+        help="accelerate config for every step, shipped name (rlhf-trl recipes) or file (default: the deployment's)",
+    )
+    parser.add_argument("--num-processes", type=int, default=None, help="processes per node (default: config's)")
+    parser.add_argument("--output-dir", default="outputs/e2e")
+    parser.add_argument("--overwrite_output_dir", "--overwrite-output-dir", action="store_true")
+    parser.add_argument("--samples", type=int, default=4, help="sample conversations printed at the end")
+    return parser
+
+
+def recipe_file(step: int, variant: str | None) -> str:
+    name = STEP_RECIPES[step]
+    return name if not variant else name.replace(".yaml", f"-{variant}.yaml")
+
+
+def recipe_dir(recipe: str, variant: str | None = None) -> Path:
+    from rlhf_trl import resources
+
+    try:
+        path = resources.recipe_dir(recipe)
+    except resources.ResourceNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
+    if missing:
+        print(f"error: recipe {recipe!r} is incomplete (missing {', '.join(missing)})", file=sys.stderr)
+        raise SystemExit(2)
+    return path
+
+
+def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
+    arguments = [
+        "--config",
+        str(recipe / recipe_file(step, args.variant)),
+        "--output_dir",
+        str(output / STEP_DIRS[step]),
+    ]
+    if args.overwrite_output_dir:
+        arguments.append("--overwrite_output_dir")
+    if step == 1 and args.actor_model:
+        arguments += ["--model_name_or_path", args.actor_model]
+    if step == 2 and args.reward_init == "sft":
+        arguments += ["--model_name_or_path", str(output / STEP_DIRS[1])]
+    elif step == 2 and args.reward_model:
+        arguments += ["--model_name_or_path", args.reward_model]
+    if step == 3:
+        arguments += ["--model_name_or_path", str(output / STEP_DIRS[1])]
+        arguments += ["--reward_model_path", str(output / STEP_DIRS[2])]
+    return arguments
+
+
+def run_logged(command: list[str], log_path: Path) -> int:
+    """Run a step, writing everything it prints to its log and echoing the lines that matter."""
+    with log_path.open("w") as log:
+        log.write("$ " + " ".join(command) + "\n")
+        log.flush()
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        for line in process.stdout:
+            log.write(line)
+            if line.startswith(("error:", "INFO rlhf_trl.ppo.trainer: step", "Traceback")) or "Error" in line[:40]:
+                print("   ", line.rstrip())
+        return process.wait()
+
+
+def key_metric(step: int, step_dir: Path) -> tuple[str, float | None]:
+    info_path = step_dir / "run_info.json"
+    if not info_path.exists():
+        return "-", None
+    metrics = json.loads(info_path.read_text())["final_metrics"]
+    for name, label in KEY_METRICS[step]:
+        if name in metrics:
+            return label, float(metrics[name])
+    return "-", None
+
+
+def gold_progress(output: Path) -> dict[str, float]:
+    """Held-out gold score of the base, SFT and PPO models, where the steps measured one."""
+    found = {}
+    sources = [(1, "base", "base_gold_score"), (1, "sft", "eval_gold_score"), (3, "ppo", "eval/gold_score")]
+    for step, name, metric in sources:
+        info_path = output / STEP_DIRS[step] / "run_info.json"
+        if info_path.exists():
+            value = json.loads(info_path.read_text())["final_metrics"].get(metric)
+            if value is not None:
+                found[name] = float(value)
+    return found
+
+
+def print_summary(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="rlhf-trl e2e")
+    for column in ("step", "wall time", "key metric", "value"):
+        table.add_column(column)
+    for row in rows:
+        value = "-" if row["value"] is None else f"{row['value']:.4f}"
+        table.add_row(row["step"], f"{row['wall_time_s']:.1f} s", row["key_metric"], value)
+    Console().print(table)
+
+
+def print_samples(output: Path, count: int) -> None:
+    """Greedy answers of the base, SFT and PPO models on a few held-out prompts (tiny task: with gold scores)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhf_trl.evaluate import generate_answers
+    from rlhf_trl.tiny.task import gold_score, make_records
+
+    models = {"sft": output / STEP_DIRS[1], "ppo": output / STEP_DIRS[3]}
+    models = {name: path for name, path in models.items() if (path / "config.json").exists()}
+    if not models:
+        return
+    base = json.loads((output / STEP_DIRS[1] / "run_info.json").read_text())["base_model"] if "sft" in models else None
+    if base:
+        from rlhf_trl.models import resolve_model_name
+
+        models = {"base": Path(resolve_model_name(base)), **models}
+    prompts = [record["prompt"] for record in make_records("eval", 200)][:count]
+    answers = {name: generate_answers(str(path), prompts, max_new_tokens=16) for name, path in models.items()}
+    table = Table(title="sample conversations (greedy, held-out prompts; gold score in brackets)")
+    table.add_column("prompt")
+    for name in answers:
+        table.add_column(name)
+    for index, prompt in enumerate(prompts):
+        cells = []
+        for name in answers:
+            answer = answers[name][index]
+            cells.append(f"{answer.strip()} [{gold_score(prompt, answer):.2f}]")
+        table.add_row(prompt, *cells)
+    Console().print(table)
+
+
+def parse_arguments(argv) -> argparse.Namespace:
+    """Command-line flags over the recipe's optional e2e.yaml defaults (keys are the flags' names)."""
+    import yaml
+
+    parser = build_parser()
+    known = parser.parse_args(argv)
+    defaults_file = recipe_dir(known.recipe) / "e2e.yaml"
+    if defaults_file.exists():
+        defaults = yaml.safe_load(defaults_file.read_text()) or {}
+        valid = {action.dest for action in parser._actions}
+        unknown = sorted(set(defaults) - valid)
+        if unknown:
+            raise SystemExit(f"error: {defaults_file}: unknown keys {unknown}")
+        parser.set_defaults(**defaults)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    from rlhf_trl.launch import config_for_deployment, launch_command
+    from rlhf_trl.resources import ResourceNotFound, accelerate_config
+
+    args = parse_arguments(argv)
+    recipe = recipe_dir(args.recipe, args.variant)
+    try:
+        chosen_config = accelerate_config(args.accelerate_config) if args.accelerate_config else None
+    except ResourceNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    output = Path(args.output_dir)
+    if output.exists() and any(output.iterdir()) and not args.overwrite_output_dir:
+        print(f"error: output dir {output} is not empty; pass --overwrite_output_dir", file=sys.stderr)
+        return 2
+    if args.overwrite_output_dir:
+        for step in args.step:
+            shutil.rmtree(output / STEP_DIRS[step], ignore_errors=True)
+    output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for step in sorted(args.step):
+        zero_stage = args.reward_zero_stage if step == 2 else args.actor_zero_stage
+        config = chosen_config or config_for_deployment(args.deployment_type, zero_stage)
+        command = launch_command(
+            config, STEP_MODULES[step], step_arguments(step, args, recipe, output), num_processes=args.num_processes
+        )
+        print(f"==> step {step} ({STEP_DIRS[step]}) with {config.name}; log: {output / f'step{step}.log'}")
+        started = time.time()
+        code = run_logged(command, output / f"step{step}.log")
+        elapsed = time.time() - started
+        if code != 0:
+            print(f"error: step {step} failed (exit {code}); see {output / f'step{step}.log'}", file=sys.stderr)
+            return code
+        label, value = key_metric(step, output / STEP_DIRS[step])
+        rows.append({"step": STEP_DIRS[step], "wall_time_s": elapsed, "key_metric": label, "value": value})
+    gold = gold_progress(output)
+    (output / "e2e_summary.json").write_text(json.dumps({"steps": rows, "gold_score": gold}, indent=2))
+    print_summary(rows)
+    if gold:
+        print("held-out gold score: " + " -> ".join(f"{name} {value:.3f}" for name, value in gold.items()))
+    if args.recipe == "tiny" and args.actor_model in (None, TINY_BASE):
+        print_samples(output, args.samples)
+    from rlhf_trl.report import write_report
+
+    print(f"report: {write_report(output)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
