@@ -13,6 +13,8 @@ logger = logging.getLogger(__name__)
 CACHE_DIR = Path(os.environ.get("RLHF_TRL_CACHE", Path.home() / ".cache" / "rlhf_trl"))
 # The embedded tiny default: built and briefly pretrained locally on first use, then cached.
 TINY_BASE = "tiny-base"
+# Tiny chat models of current architectures (byte-level BPE, chat template), built the same way: name -> family.
+TINY_CHAT_BASES = {"tiny-llama-chat": "llama", "tiny-qwen2-chat": "qwen2"}
 
 
 def resolve_model_name(name_or_path: str | None) -> str | None:
@@ -23,6 +25,10 @@ def resolve_model_name(name_or_path: str | None) -> str | None:
         from rlhf_trl.tiny.model import build_tiny_base
 
         return str(build_tiny_base())
+    if name_or_path in TINY_CHAT_BASES:
+        from rlhf_trl.tiny.chat_model import build_tiny_chat_base
+
+        return str(build_tiny_chat_base(family=TINY_CHAT_BASES[name_or_path]))
     if name_or_path and (Path(name_or_path) / "adapter_config.json").is_file():
         return str(merged_adapter(Path(name_or_path)))
     return name_or_path

@@ -38,3 +38,33 @@ def tiny_reward_dir(tmp_path_factory, tiny_base_dir):
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_base_dir).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory):
+    """A tiny Llama-3-style chat model (byte-level BPE, BOS added by tokenizer and template, <|eot_id|> ends a turn),
+    pretrained on the chat format of the tiny task: the stand-in for a user's own chat model."""
+    from rlhf_trl.tiny.chat_model import build_tiny_chat_base
+
+    return build_tiny_chat_base(tmp_path_factory.mktemp("chat") / "llama", family="llama", steps=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_chat_dir(tmp_path_factory):
+    """A tiny Qwen2-style chat model (byte-level BPE, no BOS, <|im_end|> ends a turn)."""
+    from rlhf_trl.tiny.chat_model import build_tiny_chat_base
+
+    return build_tiny_chat_base(tmp_path_factory.mktemp("chat") / "qwen2", family="qwen2", steps=60)
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_reward_dir(tmp_path_factory, tiny_chat_dir):
+    """A sequence-classification model saved from the tiny Llama-style chat model (random score head)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = tmp_path_factory.mktemp("chat") / "reward"
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_chat_dir, num_labels=1)
+    model.config.pad_token_id = AutoTokenizer.from_pretrained(tiny_chat_dir).pad_token_id
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(tiny_chat_dir).save_pretrained(path)
+    return path

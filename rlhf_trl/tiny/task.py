@@ -60,9 +60,30 @@ def gold_score(prompt: str, completion: str) -> float:
     return matches / max(len(answer), len(target))
 
 
-def gold_scores(prompts: list[str], completions: list[str], **_: object) -> list[float]:
-    """Batch form with the signature of a reward function (prompts, completions, **dataset columns)."""
-    return [gold_score(prompt, completion) for prompt, completion in zip(prompts, completions)]
+def as_text_prompt(prompt: str | list[dict]) -> str:
+    """A prompt in the task's text form; a conversational prompt (message list) is read from its last user turn."""
+    if isinstance(prompt, str):
+        return prompt
+    user_turns = [message["content"] for message in prompt if message.get("role") == "user"]
+    if not user_turns:
+        raise ValueError(f"not a prompt of the tiny sorting task (no user turn): {prompt!r}")
+    return f"Human: {user_turns[-1].strip()} Assistant:"
+
+
+def as_text_completion(completion: str | list[dict]) -> str:
+    """A completion in the task's text form; a conversational one (assistant messages) is their joined content."""
+    if isinstance(completion, str):
+        return completion
+    return " " + " ".join(message["content"].strip() for message in completion if message.get("role") == "assistant")
+
+
+def gold_scores(prompts: list, completions: list, **_: object) -> list[float]:
+    """Batch form with the signature of a reward function (prompts, completions, **dataset columns); prompts and
+    completions may be strings or, for conversational data, message lists (TRL's conversational format)."""
+    return [
+        gold_score(as_text_prompt(prompt), as_text_completion(completion))
+        for prompt, completion in zip(prompts, completions)
+    ]
 
 
 def _random_numbers(rng: random.Random) -> list[str]:
