@@ -354,3 +354,30 @@ def test_zero3_partitioned_actor_falls_back_to_gathered_hf_generate(tokenizer):
     assert rollout.active_backend == HF_FALLBACK
     assert "ZeRO-3" in rollout.fallback_reason
     assert torch.equal(rollout.generate(*prompts(tokenizer)), expected)
+
+
+@pytest.mark.parametrize("family_dir", ["tiny_chat_dir", "tiny_qwen2_chat_dir"])
+def test_chat_model_passes_self_check_and_matches_generate(family_dir, request):
+    """Current architectures with a byte-level tokenizer and chat-templated prompts: the self-check passes and the
+    engine reproduces generate on real prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = request.getfixturevalue(family_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    config = GenerationConfig(
+        max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        for text in ("sort 3 1 2", "sort 9 8 7 6 5")
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.eval()
+    with torch.no_grad():
+        output = model.generate(**batch, generation_config=config)
+    expected = output[:, batch["input_ids"].shape[1] :]
+    model.train()
+    rollout = DeepSpeedRollout(model, tokenizer, config)
+    assert rollout.active_backend == DEEPSPEED_WITHOUT_KERNELS, rollout.fallback_reason
+    assert torch.equal(rollout.generate(batch["input_ids"], batch["attention_mask"]), expected)
