@@ -34,17 +34,23 @@ class RunArguments:
         },
     )
 
+    deterministic_algorithms: bool = field(
+        default=False,
+        metadata={
+            "help": "Use torch's deterministic algorithms where an op has one (a warning names any op that has "
+            "none). Unlike TrainingArguments' full_determinism this never stops a run."
+        },
+    )
+
 
 def apply_reproducibility(parsed) -> None:
-    """Apply a step's reproducibility settings before anything is built: the CPU thread count (RunArguments) and,
-    with the training config's ``full_determinism``, deterministic algorithms (warnings for ops that have none,
-    instead of errors) and the seed."""
+    """Apply a step's reproducibility settings (RunArguments) before anything is built."""
     import torch
 
     for arguments in parsed:
-        if isinstance(arguments, RunArguments) and arguments.num_threads:
-            torch.set_num_threads(arguments.num_threads)
-        if getattr(arguments, "full_determinism", False):
-            from transformers.trainer_utils import enable_full_determinism
-
-            enable_full_determinism(arguments.seed, warn_only=True)
+        if isinstance(arguments, RunArguments):
+            if arguments.num_threads:
+                torch.set_num_threads(arguments.num_threads)
+            if arguments.deterministic_algorithms:
+                # Warnings, not errors, for ops without a deterministic version: a run must not stop over one.
+                torch.use_deterministic_algorithms(True, warn_only=True)

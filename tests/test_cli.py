@@ -54,6 +54,20 @@ def step_types(recipe: Path):
     return (ModelConfig, DataArguments, training, RunArguments)
 
 
+@pytest.fixture
+def torch_settings_restored():
+    """Parsing a recipe applies its thread count and determinism to this process: undo that for later tests."""
+    import torch
+
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+@pytest.mark.usefixtures("torch_settings_restored")
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda path: f"{path.parent.name}/{path.name}")
 def test_recipe_parses(recipe):
     from rlhf_trl.scripts.common import parse_step_arguments
@@ -63,6 +77,23 @@ def test_recipe_parses(recipe):
     assert model_args.model_name_or_path
     assert data_args.datasets
     assert training_args.output_dir
+
+
+@pytest.mark.usefixtures("torch_settings_restored")
+@pytest.mark.parametrize("step", ["sft", "reward", "ppo"])
+def test_tiny_recipes_fix_threads_and_determinism(step):
+    """The same numbers on every machine need the same summation order: one thread whatever the core count."""
+    import torch
+
+    from rlhf_trl.scripts.common import parse_step_arguments
+
+    recipe = ROOT / "recipes" / "tiny" / f"{step}.yaml"
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)
+    *_, run_args = parse_step_arguments(step_types(recipe), ["--config", str(recipe)])
+    assert run_args.num_threads == 1 and run_args.deterministic_algorithms
+    assert torch.get_num_threads() == 1
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
 
 
 def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
