@@ -16,14 +16,14 @@ LOCK_VENV ?= .venv-lock
 check-lock:
 	@$(PYTHON) .ci/lock.py check
 
-$(VENV)/.installed: pyproject.toml $(LOCK)
-	@$(PYTHON) .ci/lock.py check
+# check-lock is order-only: it runs on every install but does not by itself force a reinstall.
+$(VENV)/.installed: pyproject.toml $(LOCK) | check-lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c $(LOCK) torch
 	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
-install: check-lock $(VENV)/.installed
+install: $(VENV)/.installed
 
 # Refresh the lock: the newest versions pyproject.toml's ranges allow, installed into a clean venv, then pinned.
 lock:
