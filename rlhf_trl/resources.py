@@ -80,13 +80,15 @@ def first_comment(path: Path) -> str:
 def recipe_description(name: str) -> str:
     folder = RECIPES_DIR / name
     steps = sorted(path.stem for path in folder.glob("*.yaml") if path.stem != "e2e")
-    description = first_comment(folder / "sft.yaml") if (folder / "sft.yaml").exists() else ""
+    # A recipe describes itself in the opening comment of its e2e.yaml, else of its sft.yaml.
+    described = [folder / name for name in ("e2e.yaml", "sft.yaml") if (folder / name).exists()]
+    description = first_comment(described[0]) if described else ""
     return f"{description} ({', '.join(steps)})" if description else ", ".join(steps)
 
 
 def listing() -> str:
     """What ``rlhf-trl recipes`` prints: every shipped recipe and accelerate config, one line each."""
-    lines = ["recipes (rlhf-trl e2e --recipe NAME; rlhf-trl <step> --config NAME/<step>.yaml by path):"]
+    lines = ["recipes (rlhf-trl e2e --recipe NAME; rlhf-trl sft --config NAME/sft.yaml; or paths to your own):"]
     lines += [f"  {name:<16} {recipe_description(name)}" for name in recipe_names()]
     lines += ["", "accelerate configs (--accelerate_config NAME, or a path to your own):"]
     lines += [
