@@ -32,8 +32,14 @@ def outside_env(tmp_path: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
+    # Built from a copy of the sources: an in-tree build would leave build/ here, and reuse a stale one from before.
+    source = tmp_path_factory.mktemp("source") / "rlhf-trl"
+    skipped = shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "outputs", "*.egg-info", "__pycache__", ".*cache"
+    )
+    shutil.copytree(ROOT, source, symlinks=True, ignore=skipped)
     folder = tmp_path_factory.mktemp("wheel")
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", folder, ROOT])
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", folder, source])
     (built,) = folder.glob("rlhf_trl-*.whl")
     return built
 

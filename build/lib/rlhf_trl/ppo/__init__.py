@@ -1,1 +1,0 @@
-"""PPO for language models: losses (pure functions), rollout backends and the trainer."""

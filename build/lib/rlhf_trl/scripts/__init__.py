@@ -1,1 +1,0 @@
-"""One thin script per step: parse (TrlParser) -> build -> train -> save/push."""
