@@ -152,6 +152,34 @@ def test_readme_names_hardware_commands_and_files_that_exist(folder):
         assert (ROOT / mentioned).exists(), f"{folder.name}/README.md names {mentioned}, which does not exist"
 
 
+@pytest.mark.parametrize("family", sorted(set(MODEL_STAND_INS.values())))
+def test_stand_in_models_have_the_real_layout_and_tokenizer_conventions(family, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_trl.tiny.chat_model import build_tiny_random_model
+
+    path = build_tiny_random_model(tmp_path / family, family)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert AutoModelForSequenceClassification.from_pretrained(path, num_labels=1).config.num_labels == 1
+    text = "Human: sort 3 1 4 Assistant: 1 3 4"
+    assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text  # byte-level BPE
+    assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
+    if family.startswith("opt"):
+        assert type(model).__name__ == "OPTForCausalLM"
+        assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("</s>", "</s>", "<pad>")
+        assert tokenizer.convert_tokens_to_ids(["<s>", "<pad>", "</s>", "<unk>"]) == [0, 1, 2, 3]  # OPT's ids
+        assert tokenizer(text)["input_ids"][0] == tokenizer.bos_token_id  # OPT prepends </s> to every text
+        projected = family == "opt-350m"
+        assert (model.config.word_embed_proj_dim < model.config.hidden_size) == projected
+        assert model.config.do_layer_norm_before == (not projected)
+    else:
+        assert type(model).__name__ == "Qwen2ForCausalLM"
+        assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": "sort 3 1"}], tokenize=False)
+        assert rendered == "<|im_start|>user\nsort 3 1<|im_end|>\n"
+
+
 # Running every recipe on tiny stand-ins ------------------------------------------------------------------------------
 
 
@@ -160,7 +188,9 @@ def _pair_rows(dataset: str, count: int) -> list[dict]:
     from rlhf_trl.tiny import task
 
     rows = []
-    for record in task.make_records("reward", count):
+    # The tiny task's rejected answer is sometimes empty, which DS-Chat's datasets never have.
+    records = [record for record in task.make_records("reward", 2 * count) if record["rejected"].strip()][:count]
+    for record in records:
         question = record["prompt"].removeprefix("Human:").removesuffix("Assistant:").strip()
         if dataset == "Dahoas/synthetic-instruct-gptj-pairwise":  # a bare instruction
             rows.append({"prompt": question, "chosen": record["chosen"].strip(), "rejected": record["rejected"]})
@@ -193,9 +223,10 @@ def _chat_rows(dataset: str, count: int) -> list[dict]:
             {"messages": record["prompt"] + record["completion"]} for record in conversational_records("sft", count)
         ]
     if dataset == "trl-lib/ultrafeedback_binarized":  # implicit prompt: both conversations start with the user turn
+        pairs = [record for record in conversational_records("reward", 2 * count) if record["rejected"][0]["content"]]
         return [
             {"chosen": record["prompt"] + record["chosen"], "rejected": record["prompt"] + record["rejected"]}
-            for record in conversational_records("reward", count)
+            for record in pairs[:count]
         ]
     raise KeyError(dataset)
 
@@ -242,8 +273,9 @@ def launch_config(folder: str, step: str, variant: str | None) -> str:
     pytest.fail(f"{folder}/README.md has no 'accelerate launch' line for {name}")
 
 
-def run_step(step: str, config: str, arguments: list[str], log: Path) -> None:
-    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+def run_step(step: str, config: str, arguments: list[str], log: Path, cache: Path) -> None:
+    # Merged LoRA adapters are cached under RLHF_TRL_CACHE: a private one keeps the user's cache clean.
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "RLHF_TRL_CACHE": str(cache)}
     command = [sys.executable, "-m", f"rlhf_trl.scripts.{step}", *arguments]
     if config != "cpu.yaml":  # DeepSpeed configs go through accelerate, as users launch them
         launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
@@ -308,7 +340,7 @@ def test_recipe_runs_two_steps_per_step_on_tiny_stand_ins(folder, variant, tmp_p
             arguments += ["--reward_model_path", str(outputs["reward"])]
         else:
             arguments += ["--save_strategy", "no"]
-        run_step(step, launch_config(folder, step, variant), arguments, work / f"{step}.log")
+        run_step(step, launch_config(folder, step, variant), arguments, work / f"{step}.log", work / "cache")
 
         info = json.loads((outputs[step] / "run_info.json").read_text())
         assert info["hyperparameters"]["learning_rate"] == pytest.approx(float(recipe["learning_rate"]))
