@@ -44,9 +44,10 @@ HYPERPARAMETERS = [
 
 
 def gold_prompts(dataset, limit: int = 200) -> list[str]:
-    """Text prompts of an eval set (conversational prompts have no gold scorer)."""
-    prompts = [prompt for prompt in dataset["prompt"][:limit] if isinstance(prompt, str)] if dataset else []
-    return prompts
+    """Text prompts of an eval set (conversational prompts and whole `messages` chats have no gold scorer)."""
+    if not dataset or "prompt" not in dataset.column_names:
+        return []
+    return [prompt for prompt in dataset["prompt"][:limit] if isinstance(prompt, str)]
 
 
 def mean_gold_score(gold_function, model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> float:
