@@ -286,7 +286,8 @@ def run_step(step: str, config: str, arguments: list[str], log: Path, cache: Pat
 
 
 def trained_something(output: Path, base: Path, lora: bool) -> bool:
-    """LoRA: some lora_B matrix left zero; full: some weight differs from the model training started from."""
+    """LoRA: some lora_B matrix (zero at the start) is no longer zero; full: some weight differs from the model
+    training started from."""
     from safetensors.torch import load_file
 
     if lora:
