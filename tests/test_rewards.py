@@ -12,7 +12,7 @@ from rlhf_trl.tiny.task import gold_scores
 
 def test_reward_function_by_name_has_the_grpo_signature():
     function = load_reward_function("rlhf_trl.tiny.task:gold_scores")
-    assert function is gold_scores
+    assert function.__wrapped__ is gold_scores  # wrapped to be called as TRL calls reward functions
     scores = function(prompts=["Human: sort 3 1 2 Assistant:"] * 2, completions=[" 1 2 3", " 1 3 2"], extra=[1, 2])
     assert scores == [1.0, pytest.approx(1 / 3)]
 
@@ -34,8 +34,10 @@ def test_reward_model_scores_at_the_eos_token_like_training(tiny_reward_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_dir, num_labels=1).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward_dir)
     scorer = RewardModelScorer(model, tokenizer, batch_size=2)
-    texts = ["Human: sort 2 1 Assistant: 1 2", "Human: sort 9 8 7 6 Assistant: 6 7 8 9"]
-    batched = scorer.score_texts(texts)
+    prompts = ["Human: sort 2 1 Assistant:", "Human: sort 9 8 7 6 Assistant:"]
+    completions = [" 1 2", " 6 7 8 9"]
+    batched = scorer.score(prompts, completions)
+    texts = [prompt + completion for prompt, completion in zip(prompts, completions)]
     for text, score in zip(texts, batched):
         ids = tokenizer(text + tokenizer.eos_token, return_tensors="pt")
         with torch.no_grad():
