@@ -3,6 +3,8 @@ project's loading code, then loaded again offline from the cache with the server
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import datasets.config
 import huggingface_hub.constants
 import pytest
@@ -74,3 +76,24 @@ def test_uncached_hub_id_offline_is_one_line_error():
         load_step_datasets(DataArguments(datasets=["someone/not-cached"]), 2)
     message = str(caught.value)
     assert "\n" not in message and "not a registered dataset" in message and "cache" in message
+
+
+def test_reward_step_trains_a_chat_model_on_a_hub_id(online_hub, tmp_path, tiny_chat_dir, capsys):  # noqa: F811
+    """The user's path: `rlhf-trl reward --datasets org/name` with conversational pairs and a chat-template model."""
+    import json
+
+    from rlhf_trl.scripts.reward import main
+
+    repo = write_dataset_repo(tmp_path / "repo", {"train": PAIRS[:24], "test": PAIRS[24:]})
+    output = tmp_path / "reward"
+    with online_hub({"me/feedback": repo}):
+        recipe = Path(__file__).resolve().parents[1] / "recipes" / "tiny" / "reward.yaml"
+        arguments = ["--config", str(recipe), "--model_name_or_path", str(tiny_chat_dir)]
+        arguments += ["--datasets", "me/feedback", "--output_dir", str(output), "--max_steps", "2"]
+        arguments += ["--per_device_train_batch_size", "8", "--use_cpu", "true", "--plots", "false"]
+        assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "me/feedback  train  preference (prompt, chosen, rejected)" in printed
+    assert "whole dataset: only step 2 reads it" in printed
+    info = json.loads((output / "run_info.json").read_text())
+    assert info["datasets"] == ["me/feedback"] and "eval_pair_accuracy" in info["final_metrics"]

@@ -103,3 +103,18 @@ def test_e2e_passes_every_step_the_pipeline_recipes(tmp_path):
     assert arguments[position + 1 : position + 4] == [
         str(recipe / name) for name in ("sft.yaml", "reward.yaml", "ppo.yaml")
     ]
+
+
+def test_cache_key_follows_what_the_other_recipes_name(tmp_path):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 60)
+    recipes = [
+        write_recipe(tmp_path / "sft.yaml", []),
+        write_recipe(tmp_path / "reward.yaml", [str(pairs)]),
+        write_recipe(tmp_path / "ppo.yaml", []),
+    ]
+    args = DataArguments(
+        datasets=[str(pairs)], pipeline_configs=recipes, eval_split_ratio=0, data_cache_dir=str(tmp_path / "cache")
+    )
+    assert len(load_step_datasets(args, 2).train) == 60
+    write_recipe(tmp_path / "ppo.yaml", [str(pairs)])  # now step 3 reads it too: step 2 keeps its share only
+    assert len(load_step_datasets(args, 2).train) == 30

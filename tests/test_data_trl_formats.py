@@ -198,3 +198,29 @@ def test_trl_fraction_mixes_without_repeats(tmp_path):
     assert sum(prompt.startswith("a") for prompt in prompts) == 10 and len(prompts) == 20
     with pytest.raises(DataValidationError, match="fraction is set for some datasets"):
         load_step_datasets(DataArguments(datasets=[{"path": first, "fraction": 0.5}, second]), 1)
+
+
+def test_standard_implicit_prompt_without_transcript_markers(tmp_path):
+    records = [
+        {"chosen": "The sky is blue.", "rejected": "The sky is black."},
+        {"chosen": "Human: hi Assistant: hello", "rejected": "Human: hi Assistant: go away"},
+    ]
+    rows = load(write_jsonl(tmp_path / "pairs.jsonl", records), 2).train
+    by_prompt = {row["prompt"]: (row["chosen"], row["rejected"]) for row in rows}
+    assert by_prompt == {"The sky is": (" blue.", " black."), "Human: hi Assistant:": (" hello", " go away")}
+
+
+def test_unpaired_preference_only_gives_prompts(tmp_path):
+    records = [{"prompt": f"q{index}", "completion": "bad answer", "label": False} for index in range(4)]
+    path = write_jsonl(tmp_path / "unpaired.jsonl", records)
+    with pytest.raises(DataValidationError, match="cannot use unpaired preference"):
+        load(path, 1)  # SFT must not learn answers labelled bad
+    assert load(path, 3).train.column_names == ["prompt"]
+
+
+def test_trl_builder_with_data_files(tmp_path):
+    path = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"prompt": f"p{index}", "chosen": "a", "rejected": "b"} for index in range(5)]
+    )
+    loaded = load_step_datasets(DataArguments(datasets=[{"path": "json", "data_files": path}], eval_split_ratio=0), 2)
+    assert sorted(loaded.train["prompt"]) == [f"p{index}" for index in range(5)]

@@ -50,6 +50,8 @@ class SourceSpec:
         for option in ("config", "split", "eval_split", "revision", "data_dir"):
             if getattr(self, option) is not None:
                 text += f",{option}={getattr(self, option)}"
+        if self.data_files is not None:
+            text += f",data_files={self.data_files}"
         return text
 
     @property

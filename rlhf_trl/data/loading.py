@@ -65,20 +65,19 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
         raise ValueError(f"step must be 1, 2 or 3, got {step}")
     sources = [resolve_source(spec) for spec in args.sources]
     eval_sources = [resolve_source(spec) for spec in args.eval_sources]
+    readers = pipeline_readers(args)
     key = None
     if args.data_cache_dir:
-        key = cache_key(
-            args,
-            step,
-            [(source.label, source.fingerprint()) for source in sources],
-            [(source.label, source.fingerprint()) for source in eval_sources],
-        )
+        fingerprints = [(source.label, source.fingerprint()) for source in sources]
+        if readers is not None:
+            # What the other recipes name decides the shares, so it is part of the key (not just their paths).
+            fingerprints.append(("pipeline", {step: sorted(map(str, names)) for step, names in readers.items()}))
+        key = cache_key(args, step, fingerprints, [(source.label, source.fingerprint()) for source in eval_sources])
         cached = load_entry(args.data_cache_dir, step, key)
         if cached is not None:
             return StepDatasets(*cached)
 
     summary = ValidationSummary(step=step)
-    readers = pipeline_readers(args)
     parts = [
         _prepare_source(source, step, args, summary.report_for(source.label, "train"), readers) for source in sources
     ]
