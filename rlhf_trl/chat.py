@@ -4,6 +4,12 @@ Type a message and press enter; ``clear`` forgets the conversation, ``quit`` (or
 conversation is rendered with the tokenizer's chat template when it has one, otherwise as DS-Chat's transcript
 ``Human: <text> Assistant: <answer> Human: ...``. Only the newly generated tokens are decoded; the answer ends at
 the first end-of-text token and is cut where the model starts writing the next user turn by itself.
+
+The functions that turn prompts into token ids (:func:`encode_prompts`) and new tokens back into answer text
+(:func:`completion_texts`) live here too and are shared with PPO and evaluation, so every command renders a prompt
+the same way: a conversation (TRL's list of messages) through the chat template, tokenized without adding special
+tokens (the template already wrote its BOS); a plain text prompt with the tokenizer's special tokens, unless it
+already starts with the BOS token.
 """
 
 from __future__ import annotations
@@ -98,6 +104,69 @@ def end_token_ids(model, tokenizer) -> list[int]:
     return ids
 
 
+Prompt = str | list[dict]  # plain text, or a conversation in TRL's format (list of {"role", "content"})
+
+
+def is_conversation(prompt: Prompt) -> bool:
+    return isinstance(prompt, list)
+
+
+def render_prompt(tokenizer, prompt: Prompt) -> str:
+    """The text the model continues: a conversation rendered by the chat template up to the assistant cue;
+    plain text unchanged."""
+    if not is_conversation(prompt):
+        return prompt
+    if not tokenizer.chat_template:
+        raise ValueError("a conversational prompt needs a tokenizer with a chat template; this one has none")
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+
+def encode_text(tokenizer, text: str, rendered: bool = False) -> list[int]:
+    """Token ids of one text without a second BOS: a rendered chat template (``rendered``) or a text that already
+    starts with the BOS token is tokenized without adding special tokens."""
+    starts_with_bos = tokenizer.bos_token is not None and text.startswith(tokenizer.bos_token)
+    add_special_tokens = not (rendered or starts_with_bos)
+    return tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"]
+
+
+def encode_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
+    """Token ids of prompts (conversations through the chat template, see :func:`render_prompt`)."""
+    return [encode_text(tokenizer, render_prompt(tokenizer, prompt), is_conversation(prompt)) for prompt in prompts]
+
+
+def as_chat_prompt(tokenizer, prompt: Prompt) -> Prompt:
+    """A plain prompt becomes one user message when the tokenizer has a chat template (as ``rlhf-trl chat`` does
+    with what the user types); conversations, and prompts for models without a template, stay as they are."""
+    if tokenizer.chat_template and not is_conversation(prompt):
+        return [{"role": "user", "content": prompt}]
+    return prompt
+
+
+def as_completions(prompts: list[Prompt], texts: list[str]) -> list[Prompt]:
+    """Completions in TRL's form, as reward functions receive them: one assistant message for a conversational
+    prompt, the text itself for a plain one."""
+    return [
+        [{"role": "assistant", "content": text}] if is_conversation(prompt) else text
+        for prompt, text in zip(prompts, texts)
+    ]
+
+
+def completion_texts(tokenizer, prompt_ids: torch.Tensor, completion_ids: torch.Tensor) -> list[str]:
+    """Text of the new tokens of each row, without special tokens.
+
+    Decoded after the prompt and then cut off it, so a leading space survives (SentencePiece tokenizers drop it
+    when a completion is decoded alone). prompt_ids [B, P] (padding is a special token and vanishes), completion_ids
+    [B, C] with padding after the end.
+    """
+    prompt_texts = tokenizer.batch_decode(prompt_ids, skip_special_tokens=True)
+    whole_texts = tokenizer.batch_decode(torch.cat([prompt_ids, completion_ids], dim=1), skip_special_tokens=True)
+    alone = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    return [
+        whole[len(prompt) :] if whole.startswith(prompt) else fallback
+        for prompt, whole, fallback in zip(prompt_texts, whole_texts, alone)
+    ]
+
+
 def user_turn_marker(tokenizer) -> str | None:
     """The text a chat template puts before a user message (for instance ``<|user|>``), found by rendering a
     conversation with and without a trailing user turn. None when the tokenizer has no template."""
@@ -116,8 +185,8 @@ def user_turn_marker(tokenizer) -> str | None:
 class ChatSession:
     """A conversation with one model: ``reply(user_text) -> answer`` keeps the history, ``clear()`` forgets it.
 
-    ``complete(prompts)`` answers already formatted prompts in batches without touching the history; evaluation
-    uses it so that chat and evaluation read answers the same way.
+    ``complete(prompts)`` answers prompts (plain texts or conversations) in batches without touching the history;
+    evaluation uses it so that chat and evaluation read answers the same way.
     """
 
     def __init__(self, model, tokenizer, settings: GenerationSettings | None = None):
@@ -143,15 +212,16 @@ class ChatSession:
     def clear(self) -> None:
         self.history = []
 
-    def render(self, history: list[tuple[str, str]], user_text: str) -> str:
-        """Prompt text for the next answer: the history and the new user message, ending where the answer starts."""
+    def render(self, history: list[tuple[str, str]], user_text: str) -> Prompt:
+        """Prompt for the next answer: the history and the new user message as a conversation when the tokenizer has
+        a chat template, else as a DS-Chat transcript ending where the answer starts."""
         if self.uses_chat_template:
             messages = []
             for previous_user, previous_answer in history:
                 messages.append({"role": "user", "content": previous_user})
                 messages.append({"role": "assistant", "content": previous_answer})
             messages.append({"role": "user", "content": user_text})
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return messages
         turns = [f"{TRANSCRIPT_USER} {user} {TRANSCRIPT_ASSISTANT} {answer}" for user, answer in history]
         turns.append(f"{TRANSCRIPT_USER} {user_text} {TRANSCRIPT_ASSISTANT}")
         return " ".join(turns)
@@ -171,21 +241,16 @@ class ChatSession:
                 "conversation too long for the model: dropped the %d oldest exchanges",
                 len(self.history) - len(history),
             )
-        answer = self.complete([prompt])[0]
+        answer = self.complete([prompt])[0].strip()
         self.history = [*history, (user_text, answer)]
         return answer
 
-    def complete(self, prompts: list[str]) -> list[str]:
-        """Answers (clean text) for formatted prompts, generated in batches of ``settings.batch_size``."""
+    def complete(self, prompts: list[Prompt]) -> list[str]:
+        """Answers (clean text, see :meth:`generate`) for prompts, generated in batches of ``settings.batch_size``."""
         answers = []
         for start in range(0, len(prompts), self.settings.batch_size):
             answers.extend(self.generate(prompts[start : start + self.settings.batch_size]).texts)
         return answers
-
-    def _encode(self, prompts: list[str]):
-        # A rendered chat template already holds the special tokens it wants (a BOS for instance).
-        add_special_tokens = not self.uses_chat_template
-        return self.tokenizer(list(prompts), add_special_tokens=add_special_tokens, return_token_type_ids=False)
 
     def _prompt_limit(self) -> int | None:
         """Most prompt tokens: the model's positions minus the room kept for the answer (at most half of them,
@@ -194,17 +259,20 @@ class ChatSession:
             return None
         return self.max_positions - min(self.settings.max_new_tokens, self.max_positions // 2)
 
-    def _fits(self, prompt: str) -> bool:
+    def _fits(self, prompt: Prompt) -> bool:
         limit = self._prompt_limit()
-        return limit is None or len(self._encode([prompt])["input_ids"][0]) <= limit
+        return limit is None or len(encode_prompts(self.tokenizer, [prompt])[0]) <= limit
 
     @torch.no_grad()
-    def generate(self, prompts: list[str]) -> GeneratedBatch:
-        """Generate for one batch of formatted prompts; prompts longer than the model allows keep their end."""
+    def generate(self, prompts: list[Prompt]) -> GeneratedBatch:
+        """Generate for one batch of prompts; prompts longer than the model allows keep their end.
+
+        ``texts`` are the answers without special tokens, cut at the next user turn; the leading space a model
+        writes after a plain prompt is kept (a reward model reads prompt and answer joined as they are)."""
         limit = self._prompt_limit()
-        encoded = self._encode(prompts)
-        sequences = [ids[-limit:] if limit is not None else ids for ids in encoded["input_ids"]]
-        truncated = sum(len(ids) != len(kept) for ids, kept in zip(encoded["input_ids"], sequences))
+        encoded = encode_prompts(self.tokenizer, prompts)
+        sequences = [ids[-limit:] if limit is not None else ids for ids in encoded]
+        truncated = sum(len(ids) != len(kept) for ids, kept in zip(encoded, sequences))
         if truncated:
             logger.warning("%d prompt(s) longer than %d tokens were cut from the left", truncated, limit)
         batch = self.tokenizer.pad({"input_ids": sequences}, padding=True, padding_side="left", return_tensors="pt")
@@ -233,7 +301,10 @@ class ChatSession:
         completion_mask = self._completion_mask(completion_ids)
         # Everything after the first end-of-text token is padding that generate() appended.
         completion_ids = completion_ids.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id)
-        texts = [self._clean(ids[mask.bool()]) for ids, mask in zip(completion_ids, completion_mask)]
+        texts = [
+            self._clean(prompt, ids[mask.bool()])
+            for prompt, ids, mask in zip(prompt_ids, completion_ids, completion_mask)
+        ]
         return GeneratedBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
 
     def _completion_mask(self, completion_ids: torch.LongTensor) -> torch.LongTensor:
@@ -242,21 +313,23 @@ class ChatSession:
         ends_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()  # end tokens strictly before each position
         return (ends_before == 0).long()
 
-    def _clean(self, token_ids: torch.LongTensor) -> str:
-        """Decode the new tokens of one answer without special tokens and cut it at the next user turn."""
+    def _clean(self, prompt_ids: torch.LongTensor, token_ids: torch.LongTensor) -> str:
+        """Decode the new tokens of one answer without special tokens and cut it at the next user turn (the text
+        before the cut loses its trailing spaces)."""
         ids = token_ids.tolist()
         for sequence in self.stop_token_sequences:
             for start in range(len(ids) - len(sequence) + 1):
                 if sequence and ids[start : start + len(sequence)] == sequence:
                     ids = ids[:start]
                     break
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        new_tokens = torch.tensor([ids], dtype=torch.long, device=prompt_ids.device).reshape(1, -1)
+        text = completion_texts(self.tokenizer, prompt_ids.unsqueeze(0), new_tokens)[0]
         cut = len(text)
         for marker in self.stop_markers:
             position = text.find(marker)
             if position != -1:
                 cut = min(cut, position)
-        return text[:cut].strip()
+        return text[:cut].rstrip() if cut < len(text) else text
 
 
 def make_parser() -> argparse.ArgumentParser:

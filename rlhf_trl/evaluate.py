@@ -6,14 +6,16 @@
   judged by the reward model, and the gold score when the prompts come from a task that has one.
 
 Input files are ``.jsonl`` (one JSON object per line) or ``.json`` (a list of objects) with a ``"prompt"`` field,
-plus ``"chosen"`` and ``"rejected"`` for reward pairs. Problems with the input end the command with one line that
-names the file, the record and the field.
+plus ``"chosen"`` and ``"rejected"`` for reward pairs, in TRL's text or conversational form (a prompt as a list of
+``{"role", "content"}`` messages, chosen/rejected as assistant messages). Prompts are rendered as ``rlhf-trl chat``
+renders them: through the model's chat template when it has one (a plain prompt becomes a user message), and
+reward models read prompt and answer as they were trained (see ``rlhf_trl.rewards.RewardModelScorer``). Problems
+with the input end the command with one line that names the file, the record and the field.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import statistics
@@ -22,20 +24,38 @@ from pathlib import Path
 
 import torch
 
-from rlhf_trl.chat import ChatSession, GenerationSettings
+from rlhf_trl.chat import ChatSession, GenerationSettings, as_chat_prompt, as_completions, is_conversation
+from rlhf_trl.rewards import RewardModelScorer, load_reward_function
 
 logger = logging.getLogger(__name__)
 
-# Tasks whose module has ``gold_score(prompt, completion) -> float`` (the true quality of an answer).
-GOLD_SCORERS = {"tiny": "rlhf_trl.tiny.task"}
+# Short names of gold scorers (reward functions measuring the true quality of an answer); any other
+# 'module:function' with the reward-function signature works too.
+GOLD_SCORERS = {"tiny": "rlhf_trl.tiny.task:gold_scores"}
+GOLD_HELP = (
+    "also report the gold score: a short name (" + ", ".join(sorted(GOLD_SCORERS)) + ") or any reward function "
+    "'module:function' measuring the true quality of an answer"
+)
 
 
 class EvalInputError(ValueError):
     """An input file, record or model folder that evaluation cannot use; the message is one line."""
 
 
+def _check_messages(value, where: str) -> None:
+    """A conversation field: a non-empty list of {"role": str, "content": str} messages."""
+    if not value:
+        raise EvalInputError(f"{where}: an empty list of messages")
+    for position, message in enumerate(value):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise EvalInputError(f"{where}: message {position} must be an object with a 'role' string")
+        if not isinstance(message.get("content"), str):
+            raise EvalInputError(f"{where}: message {position} must have a 'content' string")
+
+
 def read_records(path: str | Path, required_fields: tuple[str, ...]) -> list[dict]:
-    """Records of a ``.jsonl`` or ``.json`` file; each must hold every field of ``required_fields`` as a string."""
+    """Records of a ``.jsonl`` or ``.json`` file; each must hold every field of ``required_fields`` as a string or
+    as a list of messages (TRL's conversational form), all fields of a record in the same form."""
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"{path}: file not found")
@@ -64,18 +84,20 @@ def read_records(path: str | Path, required_fields: tuple[str, ...]) -> list[dic
         for field in required_fields:
             if field not in record:
                 raise EvalInputError(f"{path}: record {index}: missing field {field!r}")
-            if not isinstance(record[field], str):
-                kind = type(record[field]).__name__
-                raise EvalInputError(f"{path}: record {index}: field {field!r} must be a string, found {kind}")
+            value = record[field]
+            if isinstance(value, list):
+                _check_messages(value, f"{path}: record {index}: field {field!r}")
+            elif not isinstance(value, str):
+                kind = type(value).__name__
+                raise EvalInputError(
+                    f"{path}: record {index}: field {field!r} must be a string or a list of messages, found {kind}"
+                )
+        forms = {isinstance(record[field], list) for field in required_fields}
+        if len(forms) > 1:
+            raise EvalInputError(
+                f"{path}: record {index}: fields {', '.join(required_fields)} mix text and message lists"
+            )
     return records
-
-
-def join_prompt_answer(prompt: str, answer: str) -> str:
-    """Prompt followed by an answer, with one space between them unless one side already has it (generated
-    answers are stripped; dataset answers usually start with a space)."""
-    if not answer or prompt[-1:].isspace() or answer[:1].isspace():
-        return prompt + answer
-    return prompt + " " + answer
 
 
 def load_reward_model(path: str | Path):
@@ -109,33 +131,6 @@ def load_reward_model(path: str | Path):
     return model, tokenizer
 
 
-@torch.no_grad()
-def score_texts(model, tokenizer, texts: list[str], batch_size: int = 16) -> list[float]:
-    """Reward-model logit of each full text, read at its last real token.
-
-    The text ends with the EOS token as in TRL's reward training. Batches are padded on the right so the
-    classification head pools the last non-pad token; overlong texts keep their end, where the answer is.
-    """
-    eos = tokenizer.eos_token or ""
-    texts = [text if text.endswith(eos) else text + eos for text in texts]
-    max_length = getattr(model.config, "max_position_embeddings", None)
-    device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(texts), batch_size):
-        tokenizer.truncation_side = "left"
-        batch = tokenizer(
-            texts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            padding_side="right",
-            truncation=max_length is not None,
-            max_length=max_length,
-            return_token_type_ids=False,
-        ).to(device)
-        scores.extend(model(**batch).logits[:, 0].float().cpu().tolist())
-    return scores
-
-
 def describe(values: list[float]) -> dict:
     """Mean, standard deviation, minimum, quartiles and maximum of a list of numbers."""
     ordered = sorted(values)
@@ -157,9 +152,10 @@ def score_pairs(model_dir: str | Path, records: list[dict], batch_size: int = 16
     Returns ``{"accuracy", "count", "margin_mean", "chosen_stats", "rejected_stats", "chosen": [scores],
     "rejected": [scores]}``; accuracy counts a pair as right only when chosen scores strictly higher.
     """
-    model, tokenizer = load_reward_model(model_dir)
-    chosen = score_texts(model, tokenizer, [record["prompt"] + record["chosen"] for record in records], batch_size)
-    rejected = score_texts(model, tokenizer, [record["prompt"] + record["rejected"] for record in records], batch_size)
+    scorer = RewardModelScorer(*load_reward_model(model_dir), batch_size=batch_size)
+    prompts = [record["prompt"] for record in records]
+    chosen = scorer.score(prompts, [record["chosen"] for record in records]).tolist()
+    rejected = scorer.score(prompts, [record["rejected"] for record in records]).tolist()
     margins = [good - bad for good, bad in zip(chosen, rejected)]
     return {
         "model": str(model_dir),
@@ -173,43 +169,57 @@ def score_pairs(model_dir: str | Path, records: list[dict], batch_size: int = 16
     }
 
 
+def chat_prompts(session: ChatSession, prompts: list) -> list:
+    """Prompts as the model is asked them: plain ones become a user message when it has a chat template."""
+    return [as_chat_prompt(session.tokenizer, prompt) for prompt in prompts]
+
+
 def generate_answers(
-    model_dir: str | Path, prompts: list[str], max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0
+    model_dir: str | Path, prompts: list, max_new_tokens: int, do_sample: bool = False, temperature: float = 1.0
 ) -> list[str]:
-    """Answers of a causal LM checkpoint to formatted prompts (greedy unless ``do_sample``), cut like in chat."""
+    """Answers of a causal LM checkpoint to prompts (greedy unless ``do_sample``), rendered and cut as in chat."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature)
-    return ChatSession.from_pretrained(model_dir, settings).complete(list(prompts))
+    session = ChatSession.from_pretrained(model_dir, settings)
+    return session.complete(chat_prompts(session, prompts))
 
 
 def gold_scorer(name: str | None):
-    """The gold scoring function ``(prompt, completion) -> float`` of a named task, or None."""
+    """The gold scorer named ``name`` (a short name of GOLD_SCORERS or 'module:function'), or None. It has the
+    reward-function signature ``f(prompts, completions, **columns) -> list[float]``."""
     if name is None:
         return None
-    if name not in GOLD_SCORERS:
-        raise EvalInputError(f"unknown gold scorer {name!r}; choose one of {sorted(GOLD_SCORERS)}")
-    return importlib.import_module(GOLD_SCORERS[name]).gold_score
-
-
-def gold_scores_of(scorer, prompts: list[str], answers: list[str]) -> list[float]:
     try:
-        return [scorer(prompt, answer) for prompt, answer in zip(prompts, answers)]
+        return load_reward_function(GOLD_SCORERS.get(name, name))
+    except ValueError as error:
+        raise EvalInputError(f"gold scorer: {error} (short names: {', '.join(sorted(GOLD_SCORERS))})") from error
+
+
+def gold_scores_of(scorer, prompts: list, answers: list[str]) -> list[float]:
+    """Gold scores of answers, given to the scorer in TRL's forms (message lists for conversational prompts)."""
+    try:
+        scores = scorer(prompts=list(prompts), completions=as_completions(prompts, answers))
     except ValueError as error:
         raise EvalInputError(f"gold score: {error}") from error
+    if len(scores) != len(prompts):
+        raise EvalInputError(f"gold score: {len(scores)} scores returned for {len(prompts)} answers")
+    return [float(score) for score in scores]
 
 
-def compare_sft(base_dir, model_dir, prompts: list[str], max_new_tokens: int = 64, gold: str | None = None) -> dict:
+def compare_sft(base_dir, model_dir, prompts: list, max_new_tokens: int = 64, gold: str | None = None) -> dict:
     """Greedy answers of the base and the fine-tuned model; ``{"records": [...], "summary": {...}}``."""
     scorer = gold_scorer(gold)  # an unknown name fails before any model is loaded
-    base_answers = generate_answers(base_dir, prompts, max_new_tokens)
-    model_answers = generate_answers(model_dir, prompts, max_new_tokens)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    base, model = ChatSession.from_pretrained(base_dir, settings), ChatSession.from_pretrained(model_dir, settings)
+    base_prompts, model_prompts = chat_prompts(base, prompts), chat_prompts(model, prompts)
+    base_answers, model_answers = base.complete(base_prompts), model.complete(model_prompts)
     records = [
         {"prompt": prompt, "base": base, "model": model}
         for prompt, base, model in zip(prompts, base_answers, model_answers)
     ]
     summary = {"base": str(base_dir), "model": str(model_dir), "count": len(prompts)}
     if scorer is not None:
-        for name, answers in (("base", base_answers), ("model", model_answers)):
-            scores = gold_scores_of(scorer, prompts, answers)
+        for name, asked, answers in (("base", base_prompts, base_answers), ("model", model_prompts, model_answers)):
+            scores = gold_scores_of(scorer, asked, answers)
             for record, score in zip(records, scores):
                 record[f"{name}_gold_score"] = score
             summary[f"{name}_gold_score"] = statistics.fmean(scores)
@@ -231,7 +241,7 @@ def completion_log_probs(model, batch, temperature: float) -> torch.Tensor:
     return log_probs.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)  # [B, C]
 
 
-def sample_with_kl(actor: ChatSession, reference: ChatSession, prompts: list[str]) -> dict[str, list]:
+def sample_with_kl(actor: ChatSession, reference: ChatSession, prompts: list) -> dict[str, list]:
     """Answers of the actor with, per answer, the k1 KL estimate to the reference and the length in tokens.
 
     KL of one answer: the sum over its tokens (up to and including the end-of-text token) of
@@ -261,7 +271,7 @@ def evaluate_ppo(
     actor_dir,
     reference_dir,
     reward_dir,
-    prompts: list[str],
+    prompts: list,
     max_new_tokens: int = 64,
     do_sample: bool = True,
     temperature: float = 1.0,
@@ -284,14 +294,14 @@ def evaluate_ppo(
     reference = ChatSession.from_pretrained(reference_dir, settings)
     if actor.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
         raise EvalInputError(f"{actor_dir} and {reference_dir} use different tokenizers: the KL cannot be measured")
-    sampled = sample_with_kl(actor, reference, prompts)
+    asked = chat_prompts(actor, prompts)
+    sampled = sample_with_kl(actor, reference, asked)
     actor_answers = sampled["answers"]
-    reference_answers = reference.complete(prompts)
-    reward_model, reward_tokenizer = load_reward_model(reward_dir)
-    actor_texts = [join_prompt_answer(prompt, answer) for prompt, answer in zip(prompts, actor_answers)]
-    reference_texts = [join_prompt_answer(prompt, answer) for prompt, answer in zip(prompts, reference_answers)]
-    actor_scores = score_texts(reward_model, reward_tokenizer, actor_texts, batch_size)
-    reference_scores = score_texts(reward_model, reward_tokenizer, reference_texts, batch_size)
+    reference_answers = reference.complete(asked)
+    # The reward model reads each conversation through its own chat template, answers exactly as generated.
+    reward = RewardModelScorer(*load_reward_model(reward_dir), batch_size=batch_size)
+    actor_scores = reward.score(asked, as_completions(asked, actor_answers)).tolist()
+    reference_scores = reward.score(asked, as_completions(asked, reference_answers)).tolist()
     summary = {
         "actor": str(actor_dir),
         "reference": str(reference_dir),
@@ -315,8 +325,8 @@ def evaluate_ppo(
         "length": sampled["lengths"],
     }
     if scorer is not None:
-        columns["actor_gold_score"] = gold_scores_of(scorer, prompts, actor_answers)
-        columns["reference_gold_score"] = gold_scores_of(scorer, prompts, reference_answers)
+        columns["actor_gold_score"] = gold_scores_of(scorer, asked, actor_answers)
+        columns["reference_gold_score"] = gold_scores_of(scorer, asked, reference_answers)
         summary["gold_score_mean"] = statistics.fmean(columns["actor_gold_score"])
         summary["reference_gold_score_mean"] = statistics.fmean(columns["reference_gold_score"])
     records = [{name: values[index] for name, values in columns.items()} for index in range(len(prompts))]
@@ -344,7 +354,14 @@ def _write_json(path: str | Path, content) -> None:
     Path(path).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
 
-def _prompts_from(arguments) -> list[str]:
+def _shown(prompt) -> str:
+    """A prompt for the tables: text as it is, a conversation as its turns."""
+    if is_conversation(prompt):
+        return "\n".join(f"{message['role']}: {message['content']}" for message in prompt)
+    return prompt
+
+
+def _prompts_from(arguments) -> list:
     records = read_records(arguments.prompts, ("prompt",))
     return [record["prompt"] for record in records[: arguments.max_records]]
 
@@ -354,7 +371,7 @@ def run_sft(arguments) -> None:
         arguments.base, arguments.model, _prompts_from(arguments), arguments.max_new_tokens, arguments.gold
     )
     columns = ["prompt", f"base: {arguments.base}", f"model: {arguments.model}"]
-    rows = [[record["prompt"], record["base"], record["model"]] for record in result["records"]]
+    rows = [[_shown(record["prompt"]), record["base"], record["model"]] for record in result["records"]]
     if arguments.gold:
         columns += ["gold base", "gold model"]
         for row, record in zip(rows, result["records"]):
@@ -426,7 +443,7 @@ def make_parser() -> argparse.ArgumentParser:
     sft.add_argument("--model", required=True, help="fine-tuned (SFT) model folder")
     add_common(sft, "--prompts", "jsonl/json file of records with a 'prompt' field")
     sft.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer")
-    sft.add_argument("--gold", choices=sorted(GOLD_SCORERS), default=None, help="also report this task's gold score")
+    sft.add_argument("--gold", default=None, help=GOLD_HELP)
     sft.set_defaults(run=run_sft)
 
     reward = commands.add_parser("reward", help="accuracy and score distributions on held-out preference pairs")
@@ -453,7 +470,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     ppo.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     ppo.add_argument("--seed", type=int, default=0, help="seed of the sampler")
-    ppo.add_argument("--gold", choices=sorted(GOLD_SCORERS), default=None, help="also report this task's gold score")
+    ppo.add_argument("--gold", default=None, help=GOLD_HELP)
     ppo.set_defaults(run=run_ppo)
     return parser
 

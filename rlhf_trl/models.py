@@ -56,18 +56,74 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def ensure_pad_token(tokenizer) -> None:
-    """PPO must tell padding from a real end of answer, so pad may not be EOS. Tokenizers without a pad token
-    get a dedicated one (the model's embeddings are resized by the caller)."""
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        logger.warning("tokenizer had no separate pad token: added '<pad>' (id %d)", tokenizer.pad_token_id)
+# Tokens that model families reserve and never produce in text; any of them can pad without new embeddings.
+UNUSED_PAD_CANDIDATES = (
+    "<|finetune_right_pad_id|>",  # Llama 3
+    "<|reserved_special_token_0|>",  # Llama 3
+    "<|endoftext|>",  # Qwen (whose chat models end turns with <|im_end|>), GPT-2 style tokenizers
+    "<|pad|>",
+    "<pad>",
+    "[PAD]",
+)
+
+
+def ensure_pad_token(tokenizer, pad_token: str | None = None) -> None:
+    """PPO must tell padding from a real end of answer, so pad may not be EOS.
+
+    In order: the tokenizer's own pad token when it differs from EOS; the ``pad_token`` setting; a token the
+    vocabulary already holds but never uses in text (Llama 3's ``<|finetune_right_pad_id|>``, Qwen's
+    ``<|endoftext|>`` when EOS is ``<|im_end|>``); and only as a last resort a new ``<pad>`` token, whose embedding
+    row :func:`match_embeddings` then adds to the model (logged).
+    """
+    if pad_token is not None:
+        if pad_token == tokenizer.eos_token:
+            raise ValueError(
+                f"pad_token {pad_token!r} is the EOS token; padding must be told apart from an answer end"
+            )
+        _set_pad_token(tokenizer, pad_token, "the pad_token setting")
+        return
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    vocabulary = tokenizer.get_vocab()
+    for candidate in UNUSED_PAD_CANDIDATES:
+        if candidate in vocabulary and candidate not in (tokenizer.eos_token, tokenizer.bos_token):
+            _set_pad_token(tokenizer, candidate, "an unused token of the vocabulary")
+            return
+    _set_pad_token(tokenizer, "<pad>", "a new token (the model's embeddings grow by one row)")
+
+
+def _set_pad_token(tokenizer, token: str, source: str) -> None:
+    if token in tokenizer.get_vocab():
+        tokenizer.pad_token = token
+    else:
+        tokenizer.add_special_tokens({"pad_token": token})
+    logger.warning("pad token: %r (id %d), %s", token, tokenizer.pad_token_id, source)
 
 
 def match_embeddings(model, tokenizer) -> None:
     """Resize the embeddings after new special tokens and record the pad id in the model config."""
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
+        logger.warning(
+            "resizing %s embeddings from %d to %d rows for new special tokens",
+            type(model).__name__,
+            model.get_input_embeddings().num_embeddings,
+            len(tokenizer),
+        )
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def check_same_vocabulary(tokenizer, other_tokenizer, what: str) -> None:
+    """A model that reads another model's token ids (the critic reads the actor's) needs the same vocabulary:
+    same tokens under the same ids, not only the same size. Raises ValueError in one line otherwise."""
+    vocabulary, other = tokenizer.get_vocab(), other_tokenizer.get_vocab()
+    if vocabulary == other:
+        return
+    differing = sorted(token for token in set(vocabulary) | set(other) if vocabulary.get(token) != other.get(token))
+    raise ValueError(
+        f"{what} has a different vocabulary than the actor ({len(other)} vs {len(vocabulary)} tokens, "
+        f"{len(differing)} differ, e.g. {differing[:3]}); it reads the actor's token ids, so it needs the actor's "
+        "tokenizer (initialise it from a reward model trained on the actor's base)"
+    )

@@ -2,7 +2,8 @@
 
 A reward function has the signature of TRL's GRPO reward functions: ``f(prompts, completions, **columns) ->
 list[float | None]`` where ``columns`` holds the other dataset columns of the batch, so functions move between the
-two trainers unchanged.
+two trainers unchanged. For conversational prompts (message lists) each completion is a list of one assistant message
+``[{"role": "assistant", "content": text}]``; for plain prompts both are strings.
 """
 
 from __future__ import annotations
@@ -29,41 +30,73 @@ def load_reward_function(spec: str) -> Callable:
 
 
 class RewardModelScorer:
-    """Score prompt + completion texts with a sequence-classification reward model (score of the last real token).
+    """Score prompts and completions with a sequence-classification reward model, in the format it was trained on.
 
-    The texts are re-tokenized with the reward model's own tokenizer, so actor and reward model may differ. Like
-    TRL's RewardTrainer during training, each text ends with the tokenizer's EOS token, where the score is read.
+    The inputs are built as TRL's RewardTrainer builds its training pairs, with the reward model's OWN tokenizer (so
+    actor and reward model may use different tokenizers and templates):
+
+    - a conversational prompt (message list) and its completion (an assistant message, or its text) are rendered
+      by the reward tokenizer's chat template, with the special tokens the template writes and no others;
+    - a plain prompt and completion are joined as they are, the EOS token is appended and the tokenizer adds its
+      special tokens (no second BOS when the text already starts with one).
+
+    The score is the logit at the last token; inputs longer than ``max_length`` (default: the model's positions)
+    keep their end, where the answer is.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.__name__ = "reward_model"
 
-    @torch.no_grad()
-    def score_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """texts: full conversations. Returns [len(texts)] float scores on CPU."""
-        device = next(self.model.parameters()).device
+    def encode(self, prompt, completion) -> list[int]:
+        """Token ids of one (prompt, completion) as the reward model read them in training."""
+        from rlhf_trl.chat import encode_text, is_conversation
+
+        if is_conversation(prompt):
+            if not self.tokenizer.chat_template:
+                raise ValueError(
+                    "conversational prompts need a reward model whose tokenizer has a chat template (the format it "
+                    "was trained on); this one has none"
+                )
+            answer = completion if is_conversation(completion) else [{"role": "assistant", "content": completion}]
+            text = self.tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+            return encode_text(self.tokenizer, text, rendered=True)
+        if is_conversation(completion):
+            raise ValueError("a conversational completion needs a conversational prompt (a list of messages)")
         eos = self.tokenizer.eos_token or ""
-        texts = [text if text.endswith(eos) else text + eos for text in texts]
+        text = prompt + completion
+        return encode_text(self.tokenizer, text if text.endswith(eos) else text + eos)
+
+    @torch.no_grad()
+    def score_ids(self, sequences: Sequence[list[int]]) -> torch.Tensor:
+        """Scores [len(sequences)] on CPU of token-id sequences, in batches padded on the right."""
+        device = next(self.model.parameters()).device
+        if self.max_length is not None:
+            sequences = [ids[-self.max_length :] for ids in sequences]
+        # The head pools at the last token that is not the config's pad id, so padding uses that id, as in training.
+        pad_id = self.model.config.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            self.model.config.pad_token_id = pad_id
         scores = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                list(texts[start : start + self.batch_size]),
-                return_tensors="pt",
-                padding=True,
-                padding_side="right",
-                truncation=self.max_length is not None,
-                max_length=self.max_length,
-            ).to(device)
-            logits = self.model(**batch).logits  # [batch, 1]: HF pools at the last non-pad token
-            scores.append(logits[:, 0].float().cpu())
-        return torch.cat(scores)
+        for start in range(0, len(sequences), self.batch_size):
+            rows = sequences[start : start + self.batch_size]
+            length = max(len(ids) for ids in rows)
+            input_ids = torch.tensor([ids + [pad_id] * (length - len(ids)) for ids in rows], device=device)
+            attention_mask = torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in rows], device=device)
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            scores.append(logits[:, 0].float().cpu())  # [batch]
+        return torch.cat(scores) if scores else torch.zeros(0)
+
+    def score(self, prompts: Sequence, completions: Sequence) -> torch.Tensor:
+        """Scores [len(prompts)] of completions (texts or TRL assistant messages) to their prompts."""
+        return self.score_ids([self.encode(prompt, completion) for prompt, completion in zip(prompts, completions)])
 
     def __call__(self, prompts, completions, **_columns) -> list[float]:
-        return self.score_texts([prompt + completion for prompt, completion in zip(prompts, completions)]).tolist()
+        return self.score(prompts, completions).tolist()
 
 
 class CombinedReward:
@@ -81,20 +114,16 @@ class CombinedReward:
     def names(self) -> list[str]:
         return [getattr(function, "__name__", type(function).__name__) for function in self.functions]
 
-    def __call__(self, prompts, completions, texts=None, **columns) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def __call__(self, prompts, completions, **columns) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns (total [B], {name: per-source scores [B]}).
 
-        ``texts`` are the whole conversations decoded in one piece; reward models read them, because joining a
-        separately decoded prompt and completion can lose the space between them (word-level and SentencePiece
-        tokenizers drop a leading space when decoding).
+        Every source gets TRL's forms: for conversational prompts, ``prompts`` are message lists and each
+        completion is a list of one assistant message; for plain prompts both are strings.
         """
         total = torch.zeros(len(prompts))
         parts = {}
         for name, function, weight in zip(self.names(), self.functions, self.weights):
-            if isinstance(function, RewardModelScorer) and texts is not None:
-                values = function.score_texts(list(texts)).tolist()
-            else:
-                values = function(prompts=list(prompts), completions=list(completions), **columns)
+            values = function(prompts=list(prompts), completions=list(completions), **columns)
             if len(values) != len(prompts):
                 raise ValueError(f"reward function {name} returned {len(values)} values for {len(prompts)} samples")
             scores = torch.tensor([float("nan") if value is None else float(value) for value in values])

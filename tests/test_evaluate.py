@@ -17,7 +17,6 @@ from rlhf_trl.evaluate import (
     completion_log_probs,
     evaluate_ppo,
     generate_answers,
-    join_prompt_answer,
     load_reward_model,
     main,
     read_records,
@@ -72,7 +71,9 @@ def test_read_records_accepts_jsonl_and_json(tmp_path):
     "content, message",
     [
         ('{"prompt": "a"}\n{"question": "b"}\n', "record 1: missing field 'prompt'"),
-        ('{"prompt": "a"}\n{"prompt": ["b"]}\n', "record 1: field 'prompt' must be a string, found list"),
+        ('{"prompt": "a"}\n{"prompt": ["b"]}\n', "record 1: field 'prompt': message 0 must be an object"),
+        ('{"prompt": "a"}\n{"prompt": 3}\n', "field 'prompt' must be a string or a list of messages, found int"),
+        ('{"prompt": [{"role": "user"}]}\n', "record 0: field 'prompt': message 0 must have a 'content' string"),
         ('{"prompt": "a"}\n{"prompt": \n', "line 2: not valid JSON"),
         ("", "no records"),
     ],
@@ -229,12 +230,6 @@ def test_ppo_command_against_another_model(tmp_path, models):
     assert summary["kl_mean"] > 0.0  # two different random models: sampled answers are likelier under the actor
     assert summary["kl_mean"] == pytest.approx(sum(r["kl"] for r in result["records"]) / 4)
     assert 0.0 <= summary["win_rate"] <= 1.0
-
-
-def test_join_prompt_answer_spacing():
-    assert join_prompt_answer("Human: sort 2 1 Assistant:", "1 2") == "Human: sort 2 1 Assistant: 1 2"
-    assert join_prompt_answer("Human: sort 2 1 Assistant:", " 1 2") == "Human: sort 2 1 Assistant: 1 2"
-    assert join_prompt_answer("Human: sort 2 1 Assistant:", "") == "Human: sort 2 1 Assistant:"
 
 
 def test_win_rate_counts_ties_as_half():

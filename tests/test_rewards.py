@@ -34,8 +34,10 @@ def test_reward_model_scores_at_the_eos_token_like_training(tiny_reward_dir):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_reward_dir, num_labels=1).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_reward_dir)
     scorer = RewardModelScorer(model, tokenizer, batch_size=2)
-    texts = ["Human: sort 2 1 Assistant: 1 2", "Human: sort 9 8 7 6 Assistant: 6 7 8 9"]
-    batched = scorer.score_texts(texts)
+    prompts = ["Human: sort 2 1 Assistant:", "Human: sort 9 8 7 6 Assistant:"]
+    completions = [" 1 2", " 6 7 8 9"]
+    batched = scorer.score(prompts, completions)
+    texts = [prompt + completion for prompt, completion in zip(prompts, completions)]
     for text, score in zip(texts, batched):
         ids = tokenizer(text + tokenizer.eos_token, return_tensors="pt")
         with torch.no_grad():

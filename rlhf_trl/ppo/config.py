@@ -34,6 +34,17 @@ class PPOConfig(TrainingArguments):
         default=None,
         metadata={"help": "Weights of the reward sources: the reward model first (if any), then reward_funcs."},
     )
+    pad_token: str | None = field(
+        default=None,
+        metadata={
+            "help": "Pad token of the actor's tokenizer when it has none distinct from EOS (as in TRL's SFTConfig and "
+            "RewardConfig); by default an unused special token of the vocabulary, else a new '<pad>'."
+        },
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow models and tokenizers that ship their own Python code (as in TRL's configs)."},
+    )
     # Learning rates and schedule ------------------------------------------------------------------------------------
     learning_rate: float = field(default=9.65e-6, metadata={"help": "Actor learning rate (DS-Chat 9.65e-6)."})
     critic_learning_rate: float = field(default=5e-6, metadata={"help": "Critic learning rate (DS-Chat 5e-6)."})

@@ -12,13 +12,13 @@ import torch
 class Rollout:
     """One step's experience on this process. Shapes: B samples, P prompt tokens, C completion tokens."""
 
-    prompts: list[str]  # text of each prompt as the model saw it (chat template applied)
+    prompts: list  # each prompt as the dataset gives it: text, or a conversation (TRL messages)
     columns: dict[str, list]  # other dataset columns, handed to reward functions
     prompt_ids: torch.Tensor  # [B, P] left-padded
     prompt_mask: torch.Tensor  # [B, P]
     completion_ids: torch.Tensor  # [B, C] pad after the first EOS
     completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
-    completions: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)  # answer texts (special tokens left out)
     logprobs: torch.Tensor | None = None  # [B, C] actor at generation time
     ref_logprobs: torch.Tensor | None = None  # [B, C]
     values: torch.Tensor | None = None  # [B, C]

@@ -7,6 +7,7 @@ import copy
 
 import torch
 
+from rlhf_trl.chat import as_completions, completion_texts
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.experience import Rollout
 from rlhf_trl.ppo.rollout import HFRollout
@@ -45,21 +46,22 @@ class MetricsMixin:
     def evaluate(self) -> dict[str, float]:
         """Greedy answers on held-out prompts: mean reward score, and gold score where a gold scorer exists."""
         prompts = self.eval_prompts
-        count = min(len(prompts["text"]), self.args.eval_prompts_limit)
+        count = min(len(prompts["prompt"]), self.args.eval_prompts_limit)
         greedy = copy.deepcopy(self.generation_config)
         greedy.do_sample, greedy.temperature, greedy.top_k, greedy.top_p = False, 1.0, None, None
-        texts, completions, full_texts = [], [], []
+        completions = []
         # Plain HF generate (whatever the training backend), so evaluations compare across backends.
         generator = HFRollout(self.model, self.tokenizer, greedy, self.accelerator)
         for part in self._micro_batches(count, max(self.args.per_device_train_batch_size, 1)):
-            batch = self._collate(prompts["text"][part], prompts["ids"][part], {})
+            batch = self._collate(prompts["prompt"][part], prompts["ids"][part], {})
             new_tokens = generator.generate(batch["prompt_ids"], batch["prompt_mask"])
-            texts.extend(batch["prompts"])
-            completions.extend(self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
-            whole = torch.cat([batch["prompt_ids"], new_tokens], dim=1)
-            full_texts.extend(self.tokenizer.batch_decode(whole, skip_special_tokens=True))
+            ended = losses.completion_mask(new_tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+            new_tokens = new_tokens.masked_fill(ended == 0, self.tokenizer.pad_token_id)
+            completions.extend(completion_texts(self.tokenizer, batch["prompt_ids"], new_tokens))
+        texts = prompts["prompt"][:count]
+        completions = as_completions(texts, completions)
         columns = {key: values[:count] for key, values in prompts["columns"].items()}
-        scores, _ = self.reward(texts, completions, texts=full_texts, **columns)
+        scores, _ = self.reward(texts, completions, **columns)
         metrics = {"eval/score": scores.mean().item()}
         if self.gold is not None:
             metrics["eval/gold_score"] = self.gold(texts, completions, **columns)[0].mean().item()

@@ -22,6 +22,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import GenerationConfig
 
+from rlhf_trl.chat import as_completions, completion_texts, encode_prompts, is_conversation
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.config import PPOConfig
@@ -84,6 +85,12 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         self.tokenizer = processing_class
         if self.tokenizer.pad_token_id is None or self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             raise ValueError("the actor tokenizer needs a pad token distinct from EOS (see rlhf_trl.models)")
+        critic_rows = value_model.get_input_embeddings().num_embeddings
+        if critic_rows < len(self.tokenizer):
+            raise ValueError(
+                f"the critic has {critic_rows} token embeddings, the actor's tokenizer {len(self.tokenizer)} tokens: "
+                "the critic reads the actor's token ids, so it needs the actor's vocabulary"
+            )
         # Accelerate turns DeepSpeed off when cpu=True; under a DeepSpeed launch DeepSpeed picks the device itself
         # (its CPU accelerator on machines without a GPU), so use_cpu only applies to non-DeepSpeed runs.
         deepspeed_launch = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
@@ -126,7 +133,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         self.train_prompts = self._prepare_prompts(train_dataset, "train_dataset")
         self.eval_prompts = self._prepare_prompts(eval_dataset, "eval_dataset") if eval_dataset is not None else None
         self.sampler = PromptSampler(
-            len(self.train_prompts["text"]),
+            len(self.train_prompts["prompt"]),
             args.per_device_train_batch_size,
             self.accelerator.process_index,
             self.accelerator.num_processes,
@@ -190,29 +197,28 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         return model, value_model
 
     def _prepare_prompts(self, dataset, name: str) -> dict:
-        """Text prompts (chat template applied to conversational ones), tokenized and left-truncated."""
+        """Prompts as the dataset gives them (text, or TRL messages: reward functions receive them so) and their
+        token ids, left-truncated: conversations rendered by the chat template without a second BOS."""
         if dataset is None or len(dataset) == 0:
             raise ValueError(f"{name} is empty: PPO needs prompts")
         if "prompt" not in dataset.column_names:
             raise ValueError(f"{name} has no 'prompt' column (columns: {dataset.column_names})")
-        texts = []
-        for index, prompt in enumerate(dataset["prompt"]):
-            if isinstance(prompt, list):
+        prompts = list(dataset["prompt"])
+        for index, prompt in enumerate(prompts):
+            if is_conversation(prompt):
                 if not self.tokenizer.chat_template:
                     raise ValueError(
                         f"{name} record {index}: conversational prompt but the tokenizer has no chat template"
                     )
-                prompt = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            if not isinstance(prompt, str) or not prompt.strip():
+            elif not isinstance(prompt, str) or not prompt.strip():
                 raise ValueError(f"{name} record {index}: field 'prompt' is empty or not text")
-            texts.append(prompt)
-        token_ids = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        token_ids = encode_prompts(self.tokenizer, prompts)
         limit = self.args.max_prompt_length
         truncated = sum(len(ids) > limit for ids in token_ids)
         if truncated:
             logger.warning("%s: %d prompts longer than %d tokens were left-truncated", name, truncated, limit)
         columns = {key: dataset[key] for key in dataset.column_names if key != "prompt"}
-        return {"text": texts, "ids": [ids[-limit:] for ids in token_ids], "columns": columns}
+        return {"prompt": prompts, "ids": [ids[-limit:] for ids in token_ids], "columns": columns}
 
     def _total_steps(self) -> int:
         if self.args.max_steps and self.args.max_steps > 0:
@@ -272,19 +278,19 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         """The next per-device batch of prompts, left-padded."""
         indices = self.sampler.next_indices()
         return self._collate(
-            [self.train_prompts["text"][i] for i in indices],
+            [self.train_prompts["prompt"][i] for i in indices],
             [self.train_prompts["ids"][i] for i in indices],
             {key: [values[i] for i in indices] for key, values in self.train_prompts["columns"].items()},
         )
 
-    def _collate(self, texts, id_lists, columns) -> dict:
+    def _collate(self, prompts, id_lists, columns) -> dict:
         length = max(len(ids) for ids in id_lists)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (length - len(ids)) + ids for ids in id_lists])
         mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in id_lists])
         device = self.accelerator.device
         return {
-            "prompts": texts,
+            "prompts": prompts,
             "columns": columns,
             "prompt_ids": input_ids.to(device),
             "prompt_mask": mask.to(device),
@@ -300,7 +306,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             )
         mask = losses.completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         completion_ids = completion_ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
-        completions = self.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+        completions = completion_texts(self.tokenizer, batch["prompt_ids"], completion_ids)
         return Rollout(
             prompts=batch["prompts"],
             columns=batch["columns"],
@@ -344,8 +350,8 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         rollout.logprobs, rollout.ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
         rollout.values = torch.cat(values).float()  # GAE sums over the whole answer: bf16 would lose precision
 
-        texts = self.tokenizer.batch_decode(rollout.input_ids(), skip_special_tokens=True)
-        raw, parts = self.reward(rollout.prompts, rollout.completions, texts=texts, **rollout.columns)
+        completions = as_completions(rollout.prompts, rollout.completions)
+        raw, parts = self.reward(rollout.prompts, completions, **rollout.columns)
         rollout.raw_scores, rollout.score_parts = raw, parts
         scores = raw.clone()
         if args.missing_eos_penalty is not None:
@@ -358,7 +364,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             scores = scores.clamp(-args.reward_clip, args.reward_clip)
         rollout.scores = scores.to(self.accelerator.device)
         if self.gold is not None:
-            rollout.gold_scores = self.gold(rollout.prompts, rollout.completions, **rollout.columns)[0]
+            rollout.gold_scores = self.gold(rollout.prompts, completions, **rollout.columns)[0]
 
     @torch.no_grad()
     def compute_advantages(self, rollout: Rollout) -> None:
@@ -556,8 +562,8 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         """score_normalization='reference': fix mean/std once from samples of the untrained (reference) policy."""
         saved_sampler = self.sampler.state_dict()
         rollout = self.generate(self.next_batch())
-        texts = self.tokenizer.batch_decode(rollout.input_ids(), skip_special_tokens=True)
-        scores, _ = self.reward(rollout.prompts, rollout.completions, texts=texts, **rollout.columns)
+        completions = as_completions(rollout.prompts, rollout.completions)
+        scores, _ = self.reward(rollout.prompts, completions, **rollout.columns)
         self.score_normalizer.update(self.accelerator.gather(scores.to(self.accelerator.device)).cpu())
         self.sampler.load_state_dict(saved_sampler)
         logger.info(

@@ -95,6 +95,30 @@ def load_pretrained(model_class, name_or_path: str, what: str, **kwargs):
         raise StepError(f"cannot load {what} {name_or_path}: {first_line}") from error
 
 
+def load_tokenizer(name_or_path: str, what: str, pad_token: str | None = None, trust_remote_code: bool = False):
+    """A model's tokenizer with a pad token distinct from EOS (see rlhf_trl.models.ensure_pad_token)."""
+    from transformers import AutoTokenizer
+
+    from rlhf_trl.models import ensure_pad_token
+
+    tokenizer = load_pretrained(AutoTokenizer, name_or_path, what, trust_remote_code=trust_remote_code)
+    try:
+        ensure_pad_token(tokenizer, pad_token)
+    except ValueError as error:
+        raise StepError(f"{what} {name_or_path}: {error}") from error
+    return tokenizer
+
+
+def load_functions(specs: list[str] | None, what: str) -> list:
+    """Reward or gold functions named 'module:function', imported before any model loads; errors are one line."""
+    from rlhf_trl.rewards import load_reward_function
+
+    try:
+        return [load_reward_function(spec) for spec in specs or []]
+    except ValueError as error:
+        raise StepError(f"{what}: {error}") from error
+
+
 def trainable_in_float32_on_cpu(model) -> None:
     """TRL casts the trainable parameters of quantized models to bf16 (the QLoRA recipe). On CPU the bitsandbytes
     kernels return float32 activations, and a bf16 head trained in full (the reward model's ``score``) would then

@@ -14,14 +14,15 @@ from trl import ModelConfig
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
-from rlhf_trl.models import ensure_pad_token, match_embeddings, resolve_model_name
+from rlhf_trl.models import check_same_vocabulary, match_embeddings, resolve_model_name
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.trainer import PPOTrainer
-from rlhf_trl.rewards import load_reward_function
 from rlhf_trl.scripts.common import (
     StepError,
     finish_step,
+    load_functions,
     load_pretrained,
+    load_tokenizer,
     model_init_kwargs,
     parse_step_arguments,
     peft_config_or_none,
@@ -82,14 +83,29 @@ def main(argv=None) -> int:
     if not training_args.reward_model_path and not training_args.reward_funcs:
         raise StepError("PPO needs a reward: set reward_model_path and/or reward_funcs")
     actor_path = resolve_model_name(model_args.model_name_or_path)
-    tokenizer = load_pretrained(AutoTokenizer, actor_path, "actor model")
-    ensure_pad_token(tokenizer)
-    reward_funcs = [load_reward_function(spec) for spec in training_args.reward_funcs or []]
-    gold_funcs = [load_reward_function(run_args.gold_scorer)] if run_args.gold_scorer else None
+    remote_code = {"trust_remote_code": training_args.trust_remote_code}
+    tokenizer = load_tokenizer(actor_path, "actor model", training_args.pad_token, training_args.trust_remote_code)
+    reward_tokenizer = None
+    if training_args.reward_model_path:
+        reward_path = resolve_model_name(training_args.reward_model_path)
+        reward_tokenizer = load_pretrained(AutoTokenizer, reward_path, "reward model", **remote_code)
+    value_path = resolve_model_name(training_args.value_model_path or training_args.reward_model_path)
+    if value_path is None:
+        raise StepError("without a reward model, set value_model_path to initialise the critic")
+    # The critic reads the actor's token ids: its vocabulary must be the actor's (checked before any model loads).
+    critic_tokenizer = load_tokenizer(
+        value_path, "value model", training_args.pad_token, training_args.trust_remote_code
+    )
+    try:
+        check_same_vocabulary(tokenizer, critic_tokenizer, f"value model {value_path}")
+    except ValueError as error:
+        raise StepError(str(error)) from error
+    reward_funcs = load_functions(training_args.reward_funcs, "reward_funcs")
+    gold_funcs = load_functions([run_args.gold_scorer], "gold_scorer") if run_args.gold_scorer else None
     data = load_step_datasets(data_args, step=3)
     print(data.summary)
 
-    init_kwargs = model_init_kwargs(model_args)
+    init_kwargs = {**model_init_kwargs(model_args), **remote_code}
     actor = load_pretrained(AutoModelForCausalLM, actor_path, "actor model", **init_kwargs)
     match_embeddings(actor, tokenizer)
     reference = None
@@ -98,19 +114,19 @@ def main(argv=None) -> int:
         # and a copy of partitioned parameters is not a usable model. (With LoRA the reference is the base itself.)
         reference = load_pretrained(AutoModelForCausalLM, actor_path, "actor model", **init_kwargs)
         match_embeddings(reference, tokenizer)
-    reward_model, reward_tokenizer = None, None
-    if training_args.reward_model_path:
-        reward_path = resolve_model_name(training_args.reward_model_path)
-        reward_tokenizer = load_pretrained(AutoTokenizer, reward_path, "reward model")
-        reward_model = load_pretrained(AutoModelForSequenceClassification, reward_path, "reward model", num_labels=1)
-    value_path = resolve_model_name(training_args.value_model_path or training_args.reward_model_path)
-    if value_path is None:
-        raise StepError("without a reward model, set value_model_path to initialise the critic")
+    reward_model = None
+    if reward_tokenizer is not None:
+        reward_model = load_pretrained(
+            AutoModelForSequenceClassification, reward_path, "reward model", num_labels=1, **remote_code
+        )
+        if reward_model.config.pad_token_id is None:
+            reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
     # With LoRA the critic's base may be quantized like the actor's; without it the critic trains in full precision.
-    critic_kwargs = init_kwargs if model_args.use_peft and training_args.critic_lora else {}
+    critic_kwargs = init_kwargs if model_args.use_peft and training_args.critic_lora else remote_code
     critic = load_pretrained(
         AutoModelForSequenceClassification, value_path, "value model", num_labels=1, **critic_kwargs
     )
+    match_embeddings(critic, tokenizer)
 
     trainer = PPOTrainer(
         args=training_args,

@@ -9,17 +9,18 @@ import json
 import sys
 import time
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
-from rlhf_trl.models import ensure_pad_token, match_embeddings, resolve_model_name
+from rlhf_trl.models import match_embeddings, resolve_model_name
 from rlhf_trl.rewards import RewardModelScorer
 from rlhf_trl.scripts.common import (
     MetricsFileCallback,
     finish_step,
     load_pretrained,
+    load_tokenizer,
     model_init_kwargs,
     parse_step_arguments,
     peft_config_or_none,
@@ -43,23 +44,13 @@ HYPERPARAMETERS = [
 
 
 def pair_scores(model, tokenizer, dataset, limit: int = 1000) -> dict[str, list[float]]:
-    """Scores of chosen and rejected answers of a pairwise eval set (conversational records use the template)."""
+    """Scores of chosen and rejected answers of a pairwise eval set, read as in training (see RewardModelScorer)."""
     scorer = RewardModelScorer(model, tokenizer, batch_size=32)
     records = dataset.select(range(min(limit, len(dataset))))
-
-    def texts(column):
-        out = []
-        for record in records:
-            prompt, answer = record["prompt"], record[column]
-            if isinstance(prompt, list):
-                out.append(tokenizer.apply_chat_template(prompt + answer, tokenize=False))
-            else:
-                out.append(prompt + answer)
-        return out
-
+    prompts = list(records["prompt"])
     return {
-        "chosen": scorer.score_texts(texts("chosen")).tolist(),
-        "rejected": scorer.score_texts(texts("rejected")).tolist(),
+        "chosen": scorer.score(prompts, list(records["chosen"])).tolist(),
+        "rejected": scorer.score(prompts, list(records["rejected"])).tolist(),
     }
 
 
@@ -69,13 +60,11 @@ def main(argv=None) -> int:
     started = time.time()
     output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
     model_path = resolve_model_name(model_args.model_name_or_path)
-    tokenizer = load_pretrained(AutoTokenizer, model_path, "model")
-    ensure_pad_token(tokenizer)
+    tokenizer = load_tokenizer(model_path, "model", training_args.pad_token, training_args.trust_remote_code)
     data = load_step_datasets(data_args, step=2)
     print(data.summary)
-    model = load_pretrained(
-        AutoModelForSequenceClassification, model_path, "model", num_labels=1, **model_init_kwargs(model_args)
-    )
+    init_kwargs = {**model_init_kwargs(model_args), "trust_remote_code": training_args.trust_remote_code}
+    model = load_pretrained(AutoModelForSequenceClassification, model_path, "model", num_labels=1, **init_kwargs)
     match_embeddings(model, tokenizer)
     ranked = "responses" in data.train.column_names
     trainer_class = RewardTrainer

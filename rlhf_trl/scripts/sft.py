@@ -6,19 +6,23 @@ accelerate launch --config_file accelerate_configs/zero2.yaml -m rlhf_trl.script
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
-from rlhf_trl.models import ensure_pad_token, match_embeddings, resolve_model_name
+from rlhf_trl.models import match_embeddings, resolve_model_name
 from rlhf_trl.scripts.common import (
     MetricsFileCallback,
+    StepError,
     finish_step,
+    load_functions,
     load_pretrained,
+    load_tokenizer,
     model_init_kwargs,
     parse_step_arguments,
     peft_config_or_none,
@@ -26,6 +30,8 @@ from rlhf_trl.scripts.common import (
     run_step,
     trainable_in_float32_on_cpu,
 )
+
+logger = logging.getLogger(__name__)
 
 HYPERPARAMETERS = [
     "learning_rate",
@@ -43,22 +49,50 @@ HYPERPARAMETERS = [
 ]
 
 
-def gold_prompts(dataset, limit: int = 200) -> list[str]:
-    """Text prompts of an eval set (conversational prompts have no gold scorer)."""
-    prompts = [prompt for prompt in dataset["prompt"][:limit] if isinstance(prompt, str)] if dataset else []
-    return prompts
+def as_prompt_completion(dataset, name: str):
+    """``messages`` records as conversational prompt/completion: the last assistant turn is the completion and every
+    turn before it the prompt. TRL's SFTTrainer then trains on the completion only (``completion_only_loss``), which
+    works with any chat template; ``assistant_only_loss`` would need ``{% generation %}`` markers in the template.
+    Turns after the last assistant turn are left out (logged)."""
+    if dataset is None or "messages" not in dataset.column_names:
+        return dataset
+    trailing = 0
+
+    def split(record):
+        nonlocal trailing
+        messages = record["messages"]
+        last = max((index for index, message in enumerate(messages) if message["role"] == "assistant"), default=None)
+        if last is None:
+            raise StepError(f"{name}: a 'messages' record has no assistant turn to train on")
+        trailing += len(messages) - last - 1
+        return {"prompt": messages[:last], "completion": [messages[last]]}
+
+    converted = dataset.map(split, remove_columns=["messages"], desc=f"{name}: last assistant turn as completion")
+    if trailing:
+        logger.warning(
+            "%s: %d turns after the last assistant turn of their conversation were left out", name, trailing
+        )
+    return converted
 
 
-def mean_gold_score(gold_function, model, tokenizer, prompts: list[str], max_new_tokens: int = 32) -> float:
-    """Mean gold score of the model's greedy answers (generated in eval mode, as the chat command does)."""
-    from rlhf_trl.chat import ChatSession, GenerationSettings
+def gold_prompts(dataset, limit: int = 200) -> list:
+    """Prompts (text or conversations) of an eval set with a 'prompt' column; none for plain-text eval sets."""
+    if dataset is None or "prompt" not in dataset.column_names:
+        return []
+    return list(dataset["prompt"][:limit])
+
+
+def mean_gold_score(gold_function, model, tokenizer, prompts: list, max_new_tokens: int = 32) -> float:
+    """Mean gold score of the model's greedy answers (generated in eval mode, as the chat command does); the gold
+    function receives TRL's forms, as a reward function does."""
+    from rlhf_trl.chat import ChatSession, GenerationSettings, as_completions
 
     was_training = model.training
     model.eval()
     settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=64)
     completions = ChatSession(model, tokenizer, settings).complete(list(prompts))
     model.train(was_training)
-    scores = gold_function(prompts=list(prompts), completions=completions)
+    scores = gold_function(prompts=list(prompts), completions=as_completions(prompts, completions))
     return float(sum(scores) / len(scores))
 
 
@@ -68,26 +102,29 @@ def main(argv=None) -> int:
     started = time.time()
     output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
     model_path = resolve_model_name(model_args.model_name_or_path)
-    tokenizer = load_pretrained(AutoTokenizer, model_path, "model")
-    ensure_pad_token(tokenizer)
+    tokenizer = load_tokenizer(model_path, "model", training_args.pad_token, training_args.trust_remote_code)
+    gold_functions = load_functions([run_args.gold_scorer] if run_args.gold_scorer else None, "gold_scorer")
     data = load_step_datasets(data_args, step=1)
     print(data.summary)
+    train_dataset = as_prompt_completion(data.train, "train_dataset")
+    eval_dataset = as_prompt_completion(data.eval, "eval_dataset")
 
-    model = load_pretrained(AutoModelForCausalLM, model_path, "model", **model_init_kwargs(model_args))
+    init_kwargs = {**model_init_kwargs(model_args), "trust_remote_code": training_args.trust_remote_code}
+    model = load_pretrained(AutoModelForCausalLM, model_path, "model", **init_kwargs)
     match_embeddings(model, tokenizer)
     final_metrics = {}
-    gold_function, prompts = None, gold_prompts(data.eval)
-    if run_args.gold_scorer and prompts:
-        from rlhf_trl.rewards import load_reward_function
-
-        gold_function = load_reward_function(run_args.gold_scorer)
+    gold_function, prompts = None, gold_prompts(eval_dataset)
+    if gold_functions and not prompts:
+        logger.warning("gold_scorer is set but the eval set has no prompts: no gold score is measured")
+    if gold_functions and prompts:
+        gold_function = gold_functions[0]
         final_metrics["base_gold_score"] = mean_gold_score(gold_function, model, tokenizer, prompts)
 
     trainer = SFTTrainer(
         model=model,
         args=training_args,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config_or_none(model_args),
         callbacks=[MetricsFileCallback(output_dir)],
