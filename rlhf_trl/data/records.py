@@ -4,12 +4,16 @@ A *record* is one dict in one of TRL's standard formats. Raw records (from a fil
 ``normalize_record``, which checks them and returns the canonical form, or raises ``RecordProblem`` saying which
 field broke which rule. ``step_record`` then shapes a canonical record for step 1, 2 or 3.
 
-Kinds and the steps they feed:
-- ``pairwise``  {"prompt", "chosen", "rejected"}: steps 1 (prompt + chosen), 2 and 3 (prompt).
+Kinds (TRL's dataset formats) and the steps that can use them (``STEPS_USING``):
+- ``text``      {"text"}: language modelling; step 1.
+- ``conversation`` {"messages"}: conversational language modelling; step 1.
+- ``sft``       {"prompt", "completion"}: steps 1 and 3 (its prompt).
+- ``pairwise``  {"prompt", "chosen", "rejected"}, or implicit prompt {"chosen", "rejected"}: steps 1 (prompt +
+  chosen), 2 and 3 (prompt).
 - ``kwise``     {"prompt", "responses" best-first, optional "scores"}: steps 1 (best answer), 2 and 3.
-- ``sft``       {"prompt", "completion"}: step 1 only.
-- ``conversation`` {"messages"}: step 1 only.
-- ``prompt_only`` {"prompt", ...}: step 3 only.
+- ``prompt_only`` {"prompt", ...}: step 3.
+When every step is given the same datasets list (DS-Chat's way), a dataset feeds the steps of ``STEPS_FED``
+instead: SFT data only step 1, as DS-Chat's SFT-only datasets.
 Text fields are strings; conversational fields are lists of ``{"role", "content"}`` messages. Prompts and the
 answers a model learns to give (chosen, completion, the best of a ranking) must not be blank; a rejected or
 lower-ranked answer may be (saying nothing is a real way to answer badly).
@@ -24,11 +28,34 @@ from collections.abc import Iterable
 from .errors import DataValidationError, RecordProblem
 
 PAIRWISE, KWISE, SFT, CONVERSATION, PROMPT_ONLY = "pairwise", "kwise", "sft", "conversation", "prompt_only"
+TEXT = "text"
 # Richest first: breaks ties when a file's records disagree about their kind.
-KINDS = (KWISE, PAIRWISE, CONVERSATION, SFT, PROMPT_ONLY)
-STEPS_FED = {PAIRWISE: (1, 2, 3), KWISE: (1, 2, 3), SFT: (1,), CONVERSATION: (1,), PROMPT_ONLY: (3,)}
+KINDS = (KWISE, PAIRWISE, CONVERSATION, SFT, PROMPT_ONLY, TEXT)
+STEPS_USING = {
+    PAIRWISE: (1, 2, 3),
+    KWISE: (1, 2, 3),
+    SFT: (1, 3),
+    CONVERSATION: (1,),
+    PROMPT_ONLY: (3,),
+    TEXT: (1,),
+}
+# DS-Chat's rule for one datasets list given to every step.
+STEPS_FED = {PAIRWISE: (1, 2, 3), KWISE: (1, 2, 3), SFT: (1,), CONVERSATION: (1,), PROMPT_ONLY: (3,), TEXT: (1,)}
 MULTI_STEP_KINDS = (PAIRWISE, KWISE)
-STANDARD_FIELDS = ("prompt", "chosen", "rejected", "completion", "messages", "responses", "scores")
+# How the formats are named to users.
+FORMAT_NAMES = {
+    TEXT: "language modelling (text)",
+    CONVERSATION: "conversational language modelling (messages)",
+    SFT: "prompt/completion",
+    PAIRWISE: "preference (prompt, chosen, rejected)",
+    KWISE: "ranked (prompt, responses, scores)",
+    PROMPT_ONLY: "prompt-only",
+}
+EXPECTED_FORMATS = (
+    "text; messages; prompt+completion; prompt+chosen+rejected or chosen+rejected (implicit prompt); "
+    "prompt+responses(+scores); prompt"
+)
+STANDARD_FIELDS = ("prompt", "chosen", "rejected", "completion", "messages", "responses", "scores", "text")
 ROLES = ("system", "user", "assistant", "tool")
 ANSWER_MARKER = "Assistant:"
 
@@ -47,19 +74,27 @@ def detect_kind(raw: object) -> str | None:
         return SFT
     if "prompt" in raw:
         return PROMPT_ONLY
+    if "text" in raw:
+        return TEXT
     return None
 
 
 def majority_kind(raw_records: Iterable[object], source: str) -> str:
     """The kind most records of a source announce; records of other kinds then fail validation one by one."""
-    counts = Counter(kind for kind in map(detect_kind, raw_records) if kind is not None)
+    counts, columns = Counter(), set()
+    for raw in raw_records:
+        kind = detect_kind(raw)
+        if kind is not None:
+            counts[kind] += 1
+        elif isinstance(raw, dict) and len(columns) < 50:
+            columns.update(raw)
     if not counts:
-        raise DataValidationError.for_record(
-            source,
-            None,
-            None,
-            "no record has a known field",
-            "expected prompt+chosen+rejected, prompt+completion, messages, prompt+responses or prompt",
+        found = ", ".join(sorted(map(str, columns))) or "none"
+        raise DataValidationError(
+            f"{source}: unknown dataset format (columns: {found}); expected one of TRL's formats: "
+            f"{EXPECTED_FORMATS} (select or rename columns with ',columns=a+b' or YAML columns: [a, b])",
+            source=source,
+            reason="no record has a known field",
         )
     return max(KINDS, key=lambda kind: (counts[kind], -KINDS.index(kind)))
 
@@ -196,6 +231,8 @@ def normalize_record(raw: object, kind: str, max_prompt_chars: int | None = None
     """
     if not isinstance(raw, dict):
         raise RecordProblem(None, "not an object", f"got {type(raw).__name__}")
+    if kind == TEXT:
+        return {"text": check_text(raw, "text"), **_extras(raw)}
     if kind == CONVERSATION:
         messages = check_messages(raw, "messages")
         if not any(message["role"] == "assistant" for message in messages):
@@ -228,6 +265,8 @@ def step_record(record: dict, kind: str, step: int) -> dict:
     for reward functions; steps 1 and 2 keep only the fields their trainers read.
     """
     if step == 1:
+        if kind == TEXT:
+            return {"text": record["text"]}
         if kind == CONVERSATION and "messages" in record:  # (record_format="text" makes it prompt/completion)
             return {"messages": record["messages"]}
         if kind == PAIRWISE:
