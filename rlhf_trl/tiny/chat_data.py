@@ -11,9 +11,10 @@ writes one folder per step, each with a training and a held-out file in TRL's co
     data/tiny-chat/ppo/train.jsonl      {"prompt": [user message]}
     data/tiny-chat/ppo/test.jsonl       the held-out prompts
 
+and beside them a dataset card ``README.md`` whose ``configs`` section names the split files.
 The records are those of the embedded ``tiny-sort`` dataset (same split sizes, seeds and held-out prompts), so a
-run on these files is comparable with ``recipes/tiny``. Each folder is also a valid Hub dataset repository
-(files named after their split), so it can be uploaded as is and loaded by its Hub id.
+run on these files is comparable with ``recipes/tiny``. Each folder is also a Hub dataset repository, so it can
+be uploaded as is (``hf upload me/tiny-sort-chat-sft data/tiny-chat/sft --repo-type dataset``) and loaded by its id.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from rlhf_trl.tiny.chat_model import conversational_record
 
 STEP_FOLDERS = {1: "sft", 2: "reward", 3: "ppo"}
 SPLIT_FILES = ("train.jsonl", "test.jsonl")
+STEP_DESCRIPTIONS = {
+    1: "demonstrations (prompt/completion message lists) for supervised fine-tuning",
+    2: "preference pairs (prompt/chosen/rejected message lists) for the reward model",
+    3: "prompts (message lists) for PPO",
+}
 
 
 def step_records(step: int) -> dict[str, list[dict]]:
@@ -42,17 +48,27 @@ def step_records(step: int) -> dict[str, list[dict]]:
 
 def existing_files(output_dir: Path) -> list[Path]:
     """The files ``write_chat_task_files`` would replace."""
-    paths = [output_dir / folder / name for folder in STEP_FOLDERS.values() for name in SPLIT_FILES]
+    names = (*SPLIT_FILES, "README.md")
+    paths = [output_dir / folder / name for folder in STEP_FOLDERS.values() for name in names]
     return [path for path in paths if path.exists()]
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
+def dataset_card(step: int) -> str:
+    """A Hub dataset card whose ``configs`` section maps the split files, so ``load_dataset`` needs no guessing."""
+    files = "\n".join(f"  - split: {name.removesuffix('.jsonl')}\n    path: {name}" for name in SPLIT_FILES)
+    return (
+        f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}\n---\n"
+        f"# tiny-sort-chat, step {step}\n\nThe tiny sorting task of rlhf-trl as {STEP_DESCRIPTIONS[step]}, in TRL's "
+        "conversational format. `test` holds the held-out records.\n"
+    )
+
+
+def _write_text(path: Path, text: str) -> None:
     """Write to a temporary file beside ``path`` and rename it: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        for record in records:
-            stream.write(json.dumps(record, ensure_ascii=False) + "\n")
+        stream.write(text)
     os.replace(staging, path)
 
 
@@ -62,7 +78,8 @@ def write_chat_task_files(output_dir: str | os.PathLike) -> dict[str, Path]:
     folders = {}
     for step, folder in STEP_FOLDERS.items():
         for name, records in step_records(step).items():
-            _write_jsonl(root / folder / name, records)
+            _write_text(root / folder / name, "".join(json.dumps(record) + "\n" for record in records))
+        _write_text(root / folder / "README.md", dataset_card(step))
         folders[folder] = root / folder
     return folders
 
