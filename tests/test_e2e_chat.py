@@ -143,7 +143,9 @@ def test_tiny_chat_e2e_meets_the_quality_bar(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     gold = json.loads((output / "e2e_summary.json").read_text())["gold_score"]
     reward_info = json.loads((output / "step2_reward" / "run_info.json").read_text())
-    assert gold["sft"] > gold["base"] + 0.3, gold
-    assert reward_info["final_metrics"]["eval_pair_accuracy"] >= 0.8
-    assert gold["ppo"] > gold["sft"] + 0.04, gold
+    # Measured over seeds 42 and 1 (BENCHMARKS.md): SFT +0.72/+0.77 over the base, pair accuracy 1.000/0.985, PPO
+    # +0.076/+0.048 over SFT; the bars sit below the smallest of each.
+    assert gold["sft"] > gold["base"] + 0.5, gold
+    assert reward_info["final_metrics"]["eval_pair_accuracy"] >= 0.95
+    assert gold["ppo"] > gold["sft"] + 0.03, gold
     assert "held-out gold score" in result.stdout
