@@ -30,11 +30,12 @@ TRANSCRIPT_ASSISTANT = "Assistant:"
 _SENTINEL = "RLHF_TRL_SENTINEL_MESSAGE"
 
 
-def load_causal_lm(path: str | Path):
+def load_causal_lm(path: str | Path, trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` from a checkpoint folder: a full model or a LoRA adapter folder.
 
     An adapter folder (``adapter_config.json``) is loaded on top of its base model; its tokenizer comes from the
     folder when saved there, else from the base model. The model is returned in eval mode on CPU/GPU as saved.
+    ``trust_remote_code`` allows models and tokenizers that ship their own Python code.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -47,15 +48,15 @@ def load_causal_lm(path: str | Path):
     if adapter_config.exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
         base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
         tokenizer_source = path if (path / "tokenizer_config.json").exists() else base_name
     else:
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} holds no model: neither config.json nor adapter_config.json")
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
         tokenizer_source = path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
     model.eval()
     return model, tokenizer
 
@@ -135,10 +136,13 @@ def encode_prompts(tokenizer, prompts: list[Prompt]) -> list[list[int]]:
 
 
 def as_chat_prompt(tokenizer, prompt: Prompt) -> Prompt:
-    """A plain prompt becomes one user message when the tokenizer has a chat template (as ``rlhf-trl chat`` does
-    with what the user types); conversations, and prompts for models without a template, stay as they are."""
+    """A plain prompt becomes a conversation when the tokenizer has a chat template, as ``rlhf-trl chat`` does with
+    what the user types: a DS-Chat transcript (``Human: ... Assistant:``) is split into its turns, other text is one
+    user message. Conversations, and prompts for models without a template, stay as they are."""
+    from rlhf_trl.data.conversation import transcript_to_messages
+
     if tokenizer.chat_template and not is_conversation(prompt):
-        return [{"role": "user", "content": prompt}]
+        return transcript_to_messages(prompt)
     return prompt
 
 
@@ -205,8 +209,10 @@ class ChatSession:
         self.max_positions = getattr(model.config, "max_position_embeddings", None)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, settings: GenerationSettings | None = None) -> ChatSession:
-        model, tokenizer = load_causal_lm(path)
+    def from_pretrained(
+        cls, path: str | Path, settings: GenerationSettings | None = None, trust_remote_code: bool = False
+    ) -> ChatSession:
+        model, tokenizer = load_causal_lm(path, trust_remote_code)
         return cls(model, tokenizer, settings)
 
     def clear(self) -> None:
@@ -341,6 +347,9 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="most tokens per answer")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (with --do-sample)")
     parser.add_argument("--do-sample", action="store_true", help="sample answers instead of greedy decoding")
+    parser.add_argument(
+        "--trust-remote-code", action="store_true", help="allow a model that ships its own Python code"
+    )
     return parser
 
 
@@ -372,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
         settings = GenerationSettings(
             max_new_tokens=arguments.max_new_tokens, temperature=arguments.temperature, do_sample=arguments.do_sample
         )
-        session = ChatSession.from_pretrained(arguments.path, settings)
+        session = ChatSession.from_pretrained(arguments.path, settings, arguments.trust_remote_code)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as every command reports it
 
     def write(text: str) -> None:
         sys.stdout.write(text)

@@ -100,7 +100,7 @@ def read_records(path: str | Path, required_fields: tuple[str, ...]) -> list[dic
     return records
 
 
-def load_reward_model(path: str | Path):
+def load_reward_model(path: str | Path, trust_remote_code: bool = False):
     """Load ``(model, tokenizer)`` of a reward model folder (full model or LoRA adapter with its score head).
 
     Fails when the checkpoint lacks weights the model needs: transformers would silently initialise a fresh
@@ -112,17 +112,22 @@ def load_reward_model(path: str | Path):
     if (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForSequenceClassification
 
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path, num_labels=1)
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=trust_remote_code
+        )
         base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        tokenizer = AutoTokenizer.from_pretrained(path if (path / "tokenizer_config.json").exists() else base_name)
+        tokenizer_source = path if (path / "tokenizer_config.json").exists() else base_name
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
     else:
         if not (path / "config.json").exists():
             raise EvalInputError(f"{path}: no reward model here (no config.json or adapter_config.json)")
-        model, loading_info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+        model, loading_info = AutoModelForSequenceClassification.from_pretrained(
+            path, output_loading_info=True, trust_remote_code=trust_remote_code
+        )
         if loading_info["missing_keys"]:
             missing = ", ".join(sorted(loading_info["missing_keys"]))
             raise EvalInputError(f"{path}: not a trained reward model, weights missing from the checkpoint: {missing}")
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if model.config.num_labels != 1:
         raise EvalInputError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
     if model.config.pad_token_id is None:
@@ -146,13 +151,15 @@ def describe(values: list[float]) -> dict:
     }
 
 
-def score_pairs(model_dir: str | Path, records: list[dict], batch_size: int = 16) -> dict:
+def score_pairs(
+    model_dir: str | Path, records: list[dict], batch_size: int = 16, trust_remote_code: bool = False
+) -> dict:
     """Score preference pairs ``{"prompt", "chosen", "rejected"}`` with a reward model.
 
     Returns ``{"accuracy", "count", "margin_mean", "chosen_stats", "rejected_stats", "chosen": [scores],
     "rejected": [scores]}``; accuracy counts a pair as right only when chosen scores strictly higher.
     """
-    scorer = RewardModelScorer(*load_reward_model(model_dir), batch_size=batch_size)
+    scorer = RewardModelScorer(*load_reward_model(model_dir, trust_remote_code), batch_size=batch_size)
     prompts = [record["prompt"] for record in records]
     chosen = scorer.score(prompts, [record["chosen"] for record in records]).tolist()
     rejected = scorer.score(prompts, [record["rejected"] for record in records]).tolist()
@@ -205,11 +212,19 @@ def gold_scores_of(scorer, prompts: list, answers: list[str]) -> list[float]:
     return [float(score) for score in scores]
 
 
-def compare_sft(base_dir, model_dir, prompts: list, max_new_tokens: int = 64, gold: str | None = None) -> dict:
+def compare_sft(
+    base_dir,
+    model_dir,
+    prompts: list,
+    max_new_tokens: int = 64,
+    gold: str | None = None,
+    trust_remote_code: bool = False,
+) -> dict:
     """Greedy answers of the base and the fine-tuned model; ``{"records": [...], "summary": {...}}``."""
     scorer = gold_scorer(gold)  # an unknown name fails before any model is loaded
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    base, model = ChatSession.from_pretrained(base_dir, settings), ChatSession.from_pretrained(model_dir, settings)
+    base = ChatSession.from_pretrained(base_dir, settings, trust_remote_code)
+    model = ChatSession.from_pretrained(model_dir, settings, trust_remote_code)
     base_prompts, model_prompts = chat_prompts(base, prompts), chat_prompts(model, prompts)
     base_answers, model_answers = base.complete(base_prompts), model.complete(model_prompts)
     records = [
@@ -278,6 +293,7 @@ def evaluate_ppo(
     gold: str | None = None,
     seed: int = 0,
     batch_size: int = 16,
+    trust_remote_code: bool = False,
 ) -> dict:
     """Compare the PPO actor with its reference (SFT) model on the same prompts.
 
@@ -290,8 +306,8 @@ def evaluate_ppo(
     settings = GenerationSettings(
         max_new_tokens=max_new_tokens, temperature=temperature, do_sample=do_sample, batch_size=batch_size
     )
-    actor = ChatSession.from_pretrained(actor_dir, settings)
-    reference = ChatSession.from_pretrained(reference_dir, settings)
+    actor = ChatSession.from_pretrained(actor_dir, settings, trust_remote_code)
+    reference = ChatSession.from_pretrained(reference_dir, settings, trust_remote_code)
     if actor.tokenizer.get_vocab() != reference.tokenizer.get_vocab():
         raise EvalInputError(f"{actor_dir} and {reference_dir} use different tokenizers: the KL cannot be measured")
     asked = chat_prompts(actor, prompts)
@@ -299,7 +315,7 @@ def evaluate_ppo(
     actor_answers = sampled["answers"]
     reference_answers = reference.complete(asked)
     # The reward model reads each conversation through its own chat template, answers exactly as generated.
-    reward = RewardModelScorer(*load_reward_model(reward_dir), batch_size=batch_size)
+    reward = RewardModelScorer(*load_reward_model(reward_dir, trust_remote_code), batch_size=batch_size)
     actor_scores = reward.score(asked, as_completions(asked, actor_answers)).tolist()
     reference_scores = reward.score(asked, as_completions(asked, reference_answers)).tolist()
     summary = {
@@ -368,7 +384,12 @@ def _prompts_from(arguments) -> list:
 
 def run_sft(arguments) -> None:
     result = compare_sft(
-        arguments.base, arguments.model, _prompts_from(arguments), arguments.max_new_tokens, arguments.gold
+        arguments.base,
+        arguments.model,
+        _prompts_from(arguments),
+        arguments.max_new_tokens,
+        arguments.gold,
+        arguments.trust_remote_code,
     )
     columns = ["prompt", f"base: {arguments.base}", f"model: {arguments.model}"]
     rows = [[_shown(record["prompt"]), record["base"], record["model"]] for record in result["records"]]
@@ -391,7 +412,7 @@ def run_sft(arguments) -> None:
 
 def run_reward(arguments) -> None:
     records = read_records(arguments.data, ("prompt", "chosen", "rejected"))[: arguments.max_records]
-    result = score_pairs(arguments.model, records, arguments.batch_size)
+    result = score_pairs(arguments.model, records, arguments.batch_size, arguments.trust_remote_code)
     statistics_rows = [
         [name, *(_number(result[f"{side}_stats"][name]) for side in ("chosen", "rejected"))]
         for name in ("mean", "std", "min", "q25", "median", "q75", "max")
@@ -419,6 +440,7 @@ def run_ppo(arguments) -> None:
         gold=arguments.gold,
         seed=arguments.seed,
         batch_size=arguments.batch_size,
+        trust_remote_code=arguments.trust_remote_code,
     )
     rows = [
         [name, _number(value) if isinstance(value, float) else str(value)] for name, value in result["summary"].items()
@@ -437,6 +459,9 @@ def make_parser() -> argparse.ArgumentParser:
         command.add_argument("--max-records", type=int, default=None, help="use only the first N records")
         command.add_argument("--batch-size", type=int, default=16, help="texts per forward pass")
         command.add_argument("--output", default=None, help="write the results to this file")
+        command.add_argument(
+            "--trust-remote-code", action="store_true", help="allow models that ship their own Python code"
+        )
 
     sft = commands.add_parser("sft", help="answers of the base and the fine-tuned model side by side")
     sft.add_argument("--base", required=True, help="base model folder")
@@ -481,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         arguments.run(arguments)
     except (ValueError, OSError) as error:  # bad input or settings (EvalInputError is a ValueError), missing files
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return 2  # bad input, as every command reports it
     return 0
 
 

@@ -17,6 +17,8 @@ import torch.nn.functional as functional
 from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
+from rlhf_trl.rewards import reward_input_ids
+
 logger = logging.getLogger(__name__)
 
 
@@ -165,20 +167,12 @@ class KWiseRewardTrainer(RewardTrainer):
                     ]
                 }
             )
-        eos_token_id = processing_class.eos_token_id
 
         def tokenize(example: dict) -> dict:
-            sequences = []
-            for answer in example["responses"]:
-                if isinstance(example["prompt"], list):  # conversational: the chat template adds the end of turn
-                    ids = processing_class.apply_chat_template(
-                        example["prompt"] + answer, tokenize=True, return_dict=True
-                    )["input_ids"]
-                else:
-                    ids = processing_class(text=example["prompt"] + answer)["input_ids"]
-                    if eos_token_id is not None and (not ids or ids[-1] != eos_token_id):
-                        ids = ids + [eos_token_id]  # the score is read at the last token: the end of the answer
-                sequences.append(list(ids))
+            # As the reward model is read everywhere else (PPO, evaluation): chat template or text + EOS.
+            sequences = [
+                reward_input_ids(processing_class, example["prompt"], answer) for answer in example["responses"]
+            ]
             return {"response_ids": sequences}
 
         dataset = dataset.map(tokenize, num_proc=args.dataset_num_proc, desc=f"Tokenizing {dataset_name} rankings")

@@ -8,25 +8,41 @@ two trainers unchanged. For conversational prompts (message lists) each completi
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 
 import torch
 
 
 def load_reward_function(spec: str) -> Callable:
-    """Import ``package.module:function``; errors name the spec."""
-    module_name, _, function_name = spec.partition(":")
-    if not module_name or not function_name:
-        raise ValueError(f"reward function {spec!r} must look like 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"reward function {spec!r}: cannot import module {module_name!r} ({error})") from error
-    function = getattr(module, function_name, None)
-    if not callable(function):
-        raise ValueError(f"reward function {spec!r}: module {module_name!r} has no callable {function_name!r}")
-    return function
+    """The reward function ``spec`` names: 'module:function', a dotted path, a TRL reward function name or an
+    http(s) URL of a reward server (see rlhf_trl.reward.functions); errors name the spec."""
+    from rlhf_trl.reward.functions import resolve_reward_function
+
+    return resolve_reward_function(spec)
+
+
+def reward_input_ids(tokenizer, prompt, completion) -> list[int]:
+    """Token ids of (prompt, completion) as a reward model reads them, built as TRL's RewardTrainer builds its pairs.
+
+    A conversational prompt (message list) plus the completion (assistant messages, or their text) is rendered by
+    ``tokenizer``'s chat template with the special tokens the template writes and no others; a plain prompt and
+    completion are joined as they are, EOS appended, with the tokenizer's special tokens (no second BOS).
+    """
+    from rlhf_trl.chat import encode_text, is_conversation
+
+    if is_conversation(prompt):
+        if not tokenizer.chat_template:
+            raise ValueError(
+                "conversational prompts need a reward model whose tokenizer has a chat template (the format it was "
+                "trained on); this one has none"
+            )
+        answer = completion if is_conversation(completion) else [{"role": "assistant", "content": completion}]
+        return encode_text(tokenizer, tokenizer.apply_chat_template(prompt + answer, tokenize=False), rendered=True)
+    if is_conversation(completion):
+        raise ValueError("a conversational completion needs a conversational prompt (a list of messages)")
+    eos = tokenizer.eos_token or ""
+    text = prompt + completion
+    return encode_text(tokenizer, text if text.endswith(eos) else text + eos)
 
 
 class RewardModelScorer:
@@ -53,22 +69,7 @@ class RewardModelScorer:
 
     def encode(self, prompt, completion) -> list[int]:
         """Token ids of one (prompt, completion) as the reward model read them in training."""
-        from rlhf_trl.chat import encode_text, is_conversation
-
-        if is_conversation(prompt):
-            if not self.tokenizer.chat_template:
-                raise ValueError(
-                    "conversational prompts need a reward model whose tokenizer has a chat template (the format it "
-                    "was trained on); this one has none"
-                )
-            answer = completion if is_conversation(completion) else [{"role": "assistant", "content": completion}]
-            text = self.tokenizer.apply_chat_template(prompt + answer, tokenize=False)
-            return encode_text(self.tokenizer, text, rendered=True)
-        if is_conversation(completion):
-            raise ValueError("a conversational completion needs a conversational prompt (a list of messages)")
-        eos = self.tokenizer.eos_token or ""
-        text = prompt + completion
-        return encode_text(self.tokenizer, text if text.endswith(eos) else text + eos)
+        return reward_input_ids(self.tokenizer, prompt, completion)
 
     @torch.no_grad()
     def score_ids(self, sequences: Sequence[list[int]]) -> torch.Tensor:

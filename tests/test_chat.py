@@ -185,7 +185,7 @@ def test_command_help_and_missing_folder(tmp_path, capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "--max-new-tokens" in capsys.readouterr().out
-    assert main(["--path", str(tmp_path / "nothing")]) == 1
+    assert main(["--path", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 

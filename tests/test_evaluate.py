@@ -90,7 +90,7 @@ def test_read_records_errors_name_file_record_and_field(tmp_path, content, messa
 def test_commands_report_bad_input_in_one_line(tmp_path, models, capsys):
     missing = tmp_path / "missing.jsonl"
     assert (
-        main(["sft", "--base", str(models["base"]), "--model", str(models["actor"]), "--prompts", str(missing)]) == 1
+        main(["sft", "--base", str(models["base"]), "--model", str(models["actor"]), "--prompts", str(missing)]) == 2
     )
     error = capsys.readouterr().err.strip()
     assert error == f"error: {missing}: file not found"
@@ -98,7 +98,7 @@ def test_commands_report_bad_input_in_one_line(tmp_path, models, capsys):
     pairs = _write_jsonl(
         tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": " 1", "rejected": " 2"}, {"prompt": "p"}]
     )
-    assert main(["reward", "--model", str(models["reward"]), "--data", str(pairs)]) == 1
+    assert main(["reward", "--model", str(models["reward"]), "--data", str(pairs)]) == 2
     error = capsys.readouterr().err.strip()
     assert error == f"error: {pairs}: record 1: missing field 'chosen'"
 

@@ -162,6 +162,11 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             scorer = RewardModelScorer(
                 reward_model, reward_processing_class or processing_class, args.micro_batch_size
             )
+            if not scorer.tokenizer.chat_template and any(map(is_conversation, self.train_prompts["prompt"])):
+                raise ValueError(
+                    "the prompts are conversations but the reward model's tokenizer has no chat template: it would "
+                    "not read them in the format it was trained on"
+                )
             sources.append(scorer)
         sources.extend(reward_funcs or [])
         self.reward = CombinedReward(sources, args.reward_weights)
