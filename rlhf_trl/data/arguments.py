@@ -50,6 +50,8 @@ class SourceSpec:
         for option in ("config", "split", "eval_split", "revision", "data_dir"):
             if getattr(self, option) is not None:
                 text += f",{option}={getattr(self, option)}"
+        if self.data_files is not None:
+            text += f",data_files={self.data_files}"
         return text
 
     @property
@@ -194,7 +196,7 @@ class DataArguments:
         metadata={
             "help": "The YAML recipes of steps 1, 2 and 3 of the pipeline this step belongs to, in that order "
             "('rlhf-trl e2e' passes them). A dataset that several of them name is cut between those steps by "
-            "data_split; unset (and no shared_by_steps): every dataset is used whole by this step."
+            "data_split. Ignored when shared_by_steps is set. Neither set: every dataset is used whole by this step."
         },
     )
     eval_datasets: list[str] | None = field(
@@ -296,8 +298,6 @@ class DataArguments:
         parse_data_split(self.data_split)
         if self.shared_by_steps is not None:
             parse_steps(self.shared_by_steps)
-        if self.shared_by_steps is not None and self.pipeline_configs:
-            raise ValueError("set shared_by_steps or pipeline_configs, not both")
         if self.pipeline_configs is not None and len(self.pipeline_configs) != 3:
             raise ValueError(
                 f"pipeline_configs must name the recipes of steps 1, 2 and 3, got {len(self.pipeline_configs)}"

@@ -52,6 +52,8 @@ class _SourcePart:
     weight: float
     train: list[dict]
     eval: list[dict]
+    fraction: float | None = None
+    report: SourceReport | None = None
 
 
 def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
@@ -63,20 +65,19 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
         raise ValueError(f"step must be 1, 2 or 3, got {step}")
     sources = [resolve_source(spec) for spec in args.sources]
     eval_sources = [resolve_source(spec) for spec in args.eval_sources]
+    readers = pipeline_readers(args)
     key = None
     if args.data_cache_dir:
-        key = cache_key(
-            args,
-            step,
-            [(source.label, source.fingerprint()) for source in sources],
-            [(source.label, source.fingerprint()) for source in eval_sources],
-        )
+        fingerprints = [(source.label, source.fingerprint()) for source in sources]
+        if readers is not None:
+            # What the other recipes name decides the shares, so it is part of the key (not just their paths).
+            fingerprints.append(("pipeline", {step: sorted(map(str, names)) for step, names in readers.items()}))
+        key = cache_key(args, step, fingerprints, [(source.label, source.fingerprint()) for source in eval_sources])
         cached = load_entry(args.data_cache_dir, step, key)
         if cached is not None:
             return StepDatasets(*cached)
 
     summary = ValidationSummary(step=step)
-    readers = pipeline_readers(args)
     parts = [
         _prepare_source(source, step, args, summary.report_for(source.label, "train"), readers) for source in sources
     ]
@@ -84,6 +85,7 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
         _prepare_eval_source(source, step, args, summary.report_for(source.label, "eval")) for source in eval_sources
     ]
     _harmonize(parts, step)
+    _apply_fractions([part for part in parts if part.report is not None and part.report.role == "train"])
 
     train_records = []
     for position, part in enumerate(parts):
@@ -127,7 +129,7 @@ def _prepare_source(
     source: Source, step: int, args: DataArguments, report: SourceReport, readers: dict | None
 ) -> _SourcePart:
     """This step's training (and own eval) records of one ``--datasets`` source."""
-    part = _SourcePart(source.label, source.spec.weight, [], [])
+    part = _SourcePart(source.label, source.spec.weight, [], [], source.spec.fraction, report)
     train_rows, eval_rows = _tiny_rows(step) if source.is_tiny else source.rows()
     kind = _source_kind(source, train_rows)
     report.format = FORMAT_NAMES[kind]
@@ -170,6 +172,29 @@ def _prepare_source(
             report.notes.append(f"{len(held_out)} records held out for evaluation ({setting})")
     report.train_used, report.eval_used = len(part.train), len(part.eval)
     return part
+
+
+def _apply_fractions(parts: list[_SourcePart]) -> None:
+    """TRL's ``fraction``: each source's target share of the mix, normalised; the mix is as large as it can be
+    without repeating records, and each source keeps its first ``round(share * size)`` records."""
+    given = [part.fraction is not None for part in parts]
+    if not any(given):
+        return
+    if not all(given):
+        missing = ", ".join(part.label for part in parts if part.fraction is None)
+        raise DataValidationError(
+            f"fraction is set for some datasets but not for {missing}: set it for all of them or none",
+            source=missing,
+            reason="bad fraction",
+        )
+    total_weight = sum(part.fraction for part in parts)
+    size = min(len(part.train) * total_weight / part.fraction for part in parts)
+    for part in parts:
+        keep = round(part.fraction / total_weight * size)
+        if keep < len(part.train):
+            part.report.notes.append(f"fraction {part.fraction:g}: keeps {keep} of its {len(part.train)} records")
+            part.train = part.train[:keep]
+            part.report.train_used = len(part.train)
 
 
 def _holdout_ratio(args: DataArguments, count: int) -> float:

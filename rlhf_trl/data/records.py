@@ -12,6 +12,7 @@ Kinds (TRL's dataset formats) and the steps that can use them (``STEPS_USING``):
   chosen), 2 and 3 (prompt).
 - ``kwise``     {"prompt", "responses" best-first, optional "scores"}: steps 1 (best answer), 2 and 3.
 - ``prompt_only`` {"prompt", ...}: step 3.
+- ``unpaired_preference`` {"prompt", "completion", "label"}: step 3 (its prompt); no step learns from its answers.
 When every step is given the same datasets list (DS-Chat's way), a dataset feeds the steps of ``STEPS_FED``
 instead: SFT data only step 1, as DS-Chat's SFT-only datasets.
 Text fields are strings; conversational fields are lists of ``{"role", "content"}`` messages. Prompts and the
@@ -28,9 +29,9 @@ from collections.abc import Iterable
 from .errors import DataValidationError, RecordProblem
 
 PAIRWISE, KWISE, SFT, CONVERSATION, PROMPT_ONLY = "pairwise", "kwise", "sft", "conversation", "prompt_only"
-TEXT = "text"
+TEXT, UNPAIRED = "text", "unpaired_preference"
 # Richest first: breaks ties when a file's records disagree about their kind.
-KINDS = (KWISE, PAIRWISE, CONVERSATION, SFT, PROMPT_ONLY, TEXT)
+KINDS = (KWISE, PAIRWISE, CONVERSATION, UNPAIRED, SFT, PROMPT_ONLY, TEXT)
 STEPS_USING = {
     PAIRWISE: (1, 2, 3),
     KWISE: (1, 2, 3),
@@ -38,13 +39,22 @@ STEPS_USING = {
     CONVERSATION: (1,),
     PROMPT_ONLY: (3,),
     TEXT: (1,),
+    UNPAIRED: (3,),
 }
 # DS-Chat's rule for one datasets list given to every step.
-STEPS_FED = {PAIRWISE: (1, 2, 3), KWISE: (1, 2, 3), SFT: (1,), CONVERSATION: (1,), PROMPT_ONLY: (3,), TEXT: (1,)}
-MULTI_STEP_KINDS = (PAIRWISE, KWISE)
+STEPS_FED = {
+    PAIRWISE: (1, 2, 3),
+    KWISE: (1, 2, 3),
+    SFT: (1,),
+    CONVERSATION: (1,),
+    PROMPT_ONLY: (3,),
+    TEXT: (1,),
+    UNPAIRED: (3,),
+}
 # How the formats are named to users.
 FORMAT_NAMES = {
     TEXT: "language modelling (text)",
+    UNPAIRED: "unpaired preference (prompt, completion, label)",
     CONVERSATION: "conversational language modelling (messages)",
     SFT: "prompt/completion",
     PAIRWISE: "preference (prompt, chosen, rejected)",
@@ -70,6 +80,8 @@ def detect_kind(raw: object) -> str | None:
         return PAIRWISE
     if "messages" in raw:
         return CONVERSATION
+    if "completion" in raw and "label" in raw:
+        return UNPAIRED  # a completion labelled good or bad: not a demonstration to learn from
     if "completion" in raw:
         return SFT
     if "prompt" in raw:
@@ -161,7 +173,8 @@ def _check_prompt(raw: dict, max_prompt_chars: int | None) -> str | list[dict]:
 def _split_implicit_prompt(raw: dict) -> dict:
     """TRL's implicit-prompt pairs: chosen and rejected hold the whole conversation; the shared start is the prompt.
 
-    Text is cut after the last 'Assistant:' of the shared start; message lists after the last shared message.
+    Text is cut after the last 'Assistant:' of the shared start, or else before the first differing word; message
+    lists after the last shared message.
     """
     chosen, rejected = raw.get("chosen"), raw.get("rejected")
     if isinstance(chosen, str) and isinstance(rejected, str):
@@ -171,6 +184,12 @@ def _split_implicit_prompt(raw: dict) -> dict:
         cut = chosen.rfind(ANSWER_MARKER, 0, shared)
         if cut >= 0:
             cut += len(ANSWER_MARKER)
+        elif shared < min(len(chosen), len(rejected)):
+            # No transcript markers: the shared words are the prompt; the answers start at the space before the
+            # first word that differs (so a prompt never ends inside a word).
+            cut = max(chosen.rfind(" ", 0, shared + 1), chosen.rfind("\n", 0, shared + 1))
+            cut = cut if cut > 0 and chosen[:cut].strip() else -1
+        if cut >= 0:
             return {**raw, "prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
     elif isinstance(chosen, list) and isinstance(rejected, list):
         shared = 0
@@ -255,6 +274,8 @@ def normalize_record(raw: object, kind: str, max_prompt_chars: int | None = None
         return {"prompt": prompt, "completion": check_value(raw, "completion", conversational), **_extras(raw)}
     if kind == PROMPT_ONLY:
         return {"prompt": prompt, **_extras(raw)}
+    if kind == UNPAIRED:
+        return {"prompt": prompt, **{key: value for key, value in _extras(raw).items() if key != "label"}}
     raise ValueError(f"unknown record kind {kind!r}")
 
 

@@ -55,8 +55,8 @@ def recipe_sources(path: str) -> set[tuple]:
     if not isinstance(config, dict):
         raise DataValidationError(f"{path}: a recipe must be a YAML mapping", source=path, reason="unreadable file")
     data = {key: config[key] for key in DATA_KEYS if key in config}
-    if not data:
-        return set()
+    if not any(data.get(key) for key in ("datasets", "dataset_name", "dataset_mixture")):
+        return set()  # a recipe that names no data (e.g. a step left out of this pipeline)
     try:
         return {source.identity for source in DataArguments(**data).sources}
     except ValueError as error:

@@ -59,10 +59,6 @@ class Source:
     def is_tiny(self) -> bool:
         return self.spec.name == tiny_sort.NAME and self.path is None
 
-    @property
-    def is_hub(self) -> bool:
-        return self.path is None and not self.is_tiny
-
     def _eval_split_names(self) -> tuple[str, ...]:
         if self.adapter is None:
             return EVAL_NAMES

@@ -136,22 +136,16 @@ class ValidationSummary:
         rows = []
         for report in self.sources:
             # A source the step does not use, or an eval-only source, has no training count to show: "-", not 0.
-            train = str(report.train_used) if report.used and report.role == "train" else "-"
-            evaluation = str(report.eval_used) if report.used else "-"
-            rows.append(
-                (
-                    report.source,
-                    report.role,
-                    report.format,
-                    str(report.records_read),
-                    str(report.records_valid),
-                    str(sum(report.skipped.values())),
-                    str(sum(report.filtered.values())),
-                    train,
-                    evaluation,
-                    report.taken,
-                )
-            )
+            counts = [
+                report.records_read,
+                report.records_valid,
+                sum(report.skipped.values()),
+                sum(report.filtered.values()),
+                report.train_used if report.role == "train" else None,
+                report.eval_used,
+            ]
+            cells = [str(count) if report.used and count is not None else "-" for count in counts]
+            rows.append((report.source, report.role, report.format, *cells, report.taken))
         widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
         left_aligned = (0, 1, 2, len(header) - 1)
 

@@ -156,7 +156,7 @@ def write_run_info(output_dir, step_name, model_args, data_args, training_args, 
     info = {
         "step_name": step_name,
         "base_model": model_args.model_name_or_path,
-        "datasets": list(data_args.datasets),
+        "datasets": data_args.source_labels,
         "data_split": data_args.data_split,
         "hyperparameters": hyperparameters(training_args, keys),
         "final_metrics": final_metrics,

@@ -79,6 +79,8 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
     ]
     if args.overwrite_output_dir:
         arguments.append("--overwrite_output_dir")
+    # Every step knows which datasets the others read, so data_split cuts only the datasets steps share.
+    arguments += ["--pipeline_configs", *(str(recipe / recipe_file(other, args.variant)) for other in STEP_RECIPES)]
     if step == 1 and args.actor_model:
         arguments += ["--model_name_or_path", args.actor_model]
     if step == 2 and args.reward_init == "sft":
