@@ -14,7 +14,7 @@ import pytest
 
 from rlhf_trl.tiny.chat_data import main as write_data_main
 from rlhf_trl.tiny.task import gold_scores
-from tests.hub_server import online_hub  # noqa: F401  (fixture)
+from hub_server import online_hub  # noqa: F401  (a fixture)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "tiny-chat"
