@@ -97,6 +97,24 @@ def test_chat_model_run_with_conversational_prompts_reaches_tensorboard(tmp_path
     assert '"role": "user"' in table  # conversational prompts are shown as their messages
 
 
+def wandb_log_records(data: bytes):
+    """Records of a .wandb file: a 7-byte header, then LevelDB-log blocks of 32 KiB whose records (4-byte checksum,
+    2-byte length, 1-byte type: full, first, middle, last) carry serialized protobufs."""
+    block, position, pieces = 32768, 7, b""
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # block trailer padding
+            position += block - position % block
+            continue
+        length, kind = int.from_bytes(data[position + 4 : position + 6], "little"), data[position + 6]
+        if kind == 0:
+            break
+        pieces += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            yield pieces
+            pieces = b""
+
+
 @needs_wandb
 def test_wandb_offline_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir, tiny_reward_dir, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -106,27 +124,28 @@ def test_wandb_offline_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir,
     runs = list((tmp_path / "ppo" / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
     from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal.datastore import DataStore
 
     (log_file,) = runs[0].glob("*.wandb")
-    store = DataStore()
-    store.open_for_scan(str(log_file))
-    history, config_keys, tables = {}, set(), 0
-    while (data := store.scan_data()) is not None:
+    history, config_keys = {}, set()
+    for data in wandb_log_records(log_file.read_bytes()):
         record = wandb_internal_pb2.Record()
         record.ParseFromString(data)
         if record.WhichOneof("record_type") == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
-            history[row["_step"]] = row
-            tables += "samples" in row
+            history[record.history.step.num] = row
         elif record.WhichOneof("record_type") == "config":
             config_keys |= {item.key for item in record.config.update}
+    # A W&B Table of samples per logging step, with the reward and gold scores.
+    tables = sorted((runs[0] / "files" / "media" / "table").glob("samples_*.table.json"))
+    assert len(tables) == 2
+    table = json.loads(tables[-1].read_text())
+    assert table["columns"] == ["prompt", "completion", "score", "gold_score"]
+    assert len(table["data"]) == 4 and all(isinstance(row[3], float) for row in table["data"])
     lines = metrics_lines(tmp_path / "ppo")
     for line in lines:
         for key, value in line.items():
             if key != "step":
                 assert history[line["step"]][key] == pytest.approx(value, rel=1e-6), key
-    assert tables == len(lines)
     assert {"learning_rate", "critic_learning_rate", "kl_coef"} <= config_keys
     assert "hub_token" not in config_keys
 
@@ -139,7 +158,7 @@ def test_missing_tracker_package_is_one_line_naming_the_extra(tmp_path):
         "importlib.util.find_spec = lambda name, *a: None if name == 'wandb' else real(name, *a)\n"
         "from rlhf_trl.scripts.ppo import cli\n"
         f"sys.exit(cli(['--output_dir', {str(tmp_path / 'out')!r}, '--report_to', 'wandb', '--use_cpu', 'true',"
-        " '--reward_funcs', 'rlhf_trl.tiny.task:gold_scores', '--model_name_or_path', 'x']))\n"
+        " '--reward_funcs', 'rlhf_trl.tiny.task:gold_scores', '--model_name_or_path', 'x', '--datasets', 'tiny-sort']))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr

@@ -172,13 +172,21 @@ def _plain(value):
     return getattr(value, "value", value)
 
 
+def is_default(value, default) -> bool:
+    """Whether a value means the field's default. The command-line parser turns some defaults into another form
+    (include_num_input_tokens_seen 'no' -> False), so every "off" spelling counts as the same value."""
+    value, default = _plain(value), _plain(default)
+    off = (None, False, "no", "", [], {})
+    return value == default or (value in off and default in off)
+
+
 def check_inherited_fields(config) -> None:
     """Raise ValueError (one line) for an inherited setting PPO cannot honour. Call before TrainingArguments'
     ``__post_init__``, which rewrites some fields (report_to, do_eval), so the user's own values are checked."""
     for config_field in dataclasses.fields(config):
         name = config_field.name
         value = _plain(getattr(config, name))
-        if name in REFUSED and value != _plain(field_default(config_field)):
+        if name in REFUSED and not is_default(value, field_default(config_field)):
             raise ValueError(f"{name}={value!r} is not supported by PPO ({REFUSED[name]}): remove it")
         if name in ALLOWED_VALUES and value not in ALLOWED_VALUES[name]:
             raise ValueError(f"{name} must be one of {ALLOWED_VALUES[name]} for PPO, got {value!r}")

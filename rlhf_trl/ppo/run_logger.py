@@ -52,7 +52,7 @@ def run_name(args) -> str:
     return args.run_name or f"{datetime.now():%b%d_%H-%M-%S}_{socket.gethostname()}"
 
 
-def build_trackers(args) -> list:
+def build_trackers(args) -> list | None:
     """Accelerate tracker objects for ``Accelerator(log_with=...)``: named by run_name, files under logging_dir,
     W&B and Trackio runs in the ``project`` project."""
     from accelerate.tracking import TensorBoardTracker, TrackioTracker, WandBTracker
@@ -67,7 +67,7 @@ def build_trackers(args) -> list:
             trackers.append(WandBTracker(args.project, name=name, dir=str(directory)))
         elif tracker == "trackio":
             trackers.append(TrackioTracker(args.project, name=name))
-    return trackers
+    return trackers or None  # None: Accelerate warns about an empty list
 
 
 def run_config(args) -> dict:
