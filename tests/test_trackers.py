@@ -158,7 +158,8 @@ def test_missing_tracker_package_is_one_line_naming_the_extra(tmp_path):
         "importlib.util.find_spec = lambda name, *a: None if name == 'wandb' else real(name, *a)\n"
         "from rlhf_trl.scripts.ppo import cli\n"
         f"sys.exit(cli(['--output_dir', {str(tmp_path / 'out')!r}, '--report_to', 'wandb', '--use_cpu', 'true',"
-        " '--reward_funcs', 'rlhf_trl.tiny.task:gold_scores', '--model_name_or_path', 'x', '--datasets', 'tiny-sort']))\n"
+        " '--reward_funcs', 'rlhf_trl.tiny.task:gold_scores', '--model_name_or_path', 'x',"
+        " '--datasets', 'tiny-sort']))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
@@ -183,7 +184,7 @@ def test_progress_bar_follows_steps_and_shows_metrics(tmp_path, tiny_base_dir, t
     trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, max_steps=2)
     trainer.train()
     bar = trainer.run_logger.progress
-    assert not bar.disable and bar.n == 2 and bar.total == 2
+    assert trainer.run_logger.shows_progress and bar.n == 2 and bar.total == 2
     assert "score=" in bar.postfix and "kl=" in bar.postfix
 
 
@@ -191,11 +192,11 @@ def test_progress_bar_off_without_terminal_or_with_disable_tqdm(tmp_path, tiny_b
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, max_steps=1, disable_tqdm=True)
     trainer.train()
-    assert trainer.run_logger.progress.disable
+    assert not trainer.run_logger.shows_progress
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
     trainer = build(tmp_path / "b", tiny_base_dir, tiny_reward_dir, max_steps=1)
     trainer.train()
-    assert trainer.run_logger.progress.disable
+    assert not trainer.run_logger.shows_progress
 
 
 def test_gold_scores_are_optional_in_the_sample_table():

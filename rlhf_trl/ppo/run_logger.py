@@ -96,6 +96,7 @@ class RunLogger:
         self.total_steps = total_steps
         self.started = False
         self.progress = None
+        self.shows_progress = False
 
     def _start(self, step: int) -> None:
         """Start tracker runs and the bar at the first step (resumed runs start where the checkpoint was)."""
@@ -104,8 +105,10 @@ class RunLogger:
             self.accelerator.init_trackers(self.args.project, config=run_config(self.args))
             logger.info("trackers: %s (files under %s)", ", ".join(self.tracker_names()), logging_dir(self.args))
         terminal = sys.stderr.isatty()
-        disabled = bool(self.args.disable_tqdm) or not terminal or not self.accelerator.is_main_process
-        self.progress = tqdm(total=self.total_steps, initial=step, desc="PPO", unit="step", disable=disabled)
+        self.shows_progress = terminal and not self.args.disable_tqdm and self.accelerator.is_main_process
+        self.progress = tqdm(
+            total=self.total_steps, initial=step, desc="PPO", unit="step", disable=not self.shows_progress
+        )
 
     def tracker_names(self) -> list[str]:
         return [tracker.name for tracker in self.accelerator.trackers]
