@@ -150,6 +150,25 @@ def test_wandb_offline_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir,
     assert "hub_token" not in config_keys
 
 
+@pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio not installed (extra: trackio)")
+def test_trackio_local_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir, tiny_reward_dir, monkeypatch):
+    import sqlite3
+
+    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
+    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, report_to="trackio", run_name="tk", max_steps=2)
+    trainer.train()
+    database = sqlite3.connect(tmp_path / "trackio" / "huggingface.db")  # the project is `project`
+    rows = database.execute("select step, metrics from metrics where run_name = 'tk' order by step").fetchall()
+    lines = metrics_lines(tmp_path / "ppo")
+    assert [step for step, _ in rows] == [line["step"] for line in lines]
+    for (_, logged), line in zip(rows, lines):
+        logged = json.loads(logged)
+        assert all(logged[key] == pytest.approx(value) for key, value in line.items() if key != "step")
+    (config_text,) = database.execute("select config from configs where run_name = 'tk'").fetchone()
+    recorded = json.loads(config_text)
+    assert recorded["kl_coef"] == 0.1 and recorded["max_new_tokens"] == 6 and "hub_token" not in recorded
+
+
 def test_missing_tracker_package_is_one_line_naming_the_extra(tmp_path):
     # A tracker package that cannot be imported, in a subprocess so this interpreter keeps its modules.
     code = (

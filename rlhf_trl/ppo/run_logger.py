@@ -74,7 +74,7 @@ def run_config(args) -> dict:
     """The configuration as scalars trackers accept (lists and dicts as JSON text); no Hub token."""
     config = {}
     for key, value in args.to_dict().items():
-        if "token" in key:
+        if key == "hub_token":
             continue
         value = getattr(value, "value", value)
         config[key] = value if value is None or isinstance(value, (bool, int, float, str)) else json.dumps(value)
