@@ -15,6 +15,7 @@ COMMANDS = {
     "report": ("rlhf_trl.report", "main", "one HTML page summarising a run directory"),
     "push": ("rlhf_trl.hub", "main", "push an output directory to the Hugging Face Hub"),
     "bench": ("rlhf_trl.bench", "main", "step-3 throughput benchmark (DS-Chat setting)"),
+    "serve-reward": ("rlhf_trl.reward.server", "main", "serve a reward model or function over HTTP (remote reward)"),
 }
 
 

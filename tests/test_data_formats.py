@@ -24,7 +24,7 @@ def load(path, step, **settings):
 
 
 def all_steps_prompts(path):
-    return sorted(prompt for step in (1, 2, 3) for prompt in load(path, step).train["prompt"])
+    return sorted(prompt for step in (1, 2, 3) for prompt in load(path, step, shared_by_steps="1,2,3").train["prompt"])
 
 
 def test_parquet_csv_json_jsonl_agree(tmp_path):

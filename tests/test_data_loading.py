@@ -119,7 +119,7 @@ def test_tiny_sort_sizes_are_tunable_per_step():
 
 def test_pairwise_jsonl_feeds_three_disjoint_steps(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", pair_records(100))
-    args = DataArguments(datasets=[str(path)], eval_split_ratio=0.0)
+    args = DataArguments(datasets=[str(path)], eval_split_ratio=0.0, shared_by_steps="1,2,3")
     steps = {step: load_step_datasets(args, step) for step in (1, 2, 3)}
     assert [len(steps[step].train) for step in (1, 2, 3)] == [20, 40, 40]
     assert all(steps[step].eval is None for step in (1, 2, 3))
@@ -136,7 +136,7 @@ def test_split_is_seeded(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", pair_records(60))
 
     def step_prompts(seed):
-        args = DataArguments(datasets=[str(path)], data_split_seed=seed)
+        args = DataArguments(datasets=[str(path)], data_split_seed=seed, shared_by_steps="1,2,3")
         return [row["prompt"] for row in load_step_datasets(args, 2).train]
 
     assert step_prompts(5) == step_prompts(5)
@@ -145,7 +145,7 @@ def test_split_is_seeded(tmp_path):
 
 def test_automatic_eval_split_is_disjoint_from_train(tmp_path):
     path = write_jsonl(tmp_path / "pairs.jsonl", pair_records(200))
-    loaded = load_step_datasets(DataArguments(datasets=[str(path)], eval_split_ratio=0.1), 2)
+    loaded = load_step_datasets(DataArguments(datasets=[str(path)], eval_split_ratio=0.1, shared_by_steps="1,2,3"), 2)
     assert len(loaded.train) + len(loaded.eval) == 80 and len(loaded.eval) == 8
     assert not {row["prompt"] for row in loaded.train} & {row["prompt"] for row in loaded.eval}
 
@@ -174,7 +174,7 @@ def test_sft_only_and_prompt_only_sources(tmp_path):
     prompts = write_jsonl(
         tmp_path / "prompts.jsonl", [{"prompt": f"Human: p{i} Assistant:", "answer": str(i)} for i in range(7)]
     )
-    args = DataArguments(datasets=[str(sft), str(prompts)], eval_split_ratio=0)
+    args = DataArguments(datasets=[str(sft), str(prompts)], eval_split_ratio=0, shared_by_steps="1,2,3")
     first = load_step_datasets(args, 1)
     assert len(first.train) == 10  # SFT-only data is not split by data_split
     assert any("not used in step 1" in note for report in first.summary.sources for note in report.notes)
@@ -189,7 +189,9 @@ def test_eval_datasets_replace_automatic_split(tmp_path):
     held = write_jsonl(
         tmp_path / "held.jsonl", [{"prompt": "Human: held Assistant:", "chosen": " x", "rejected": " y"}]
     )
-    loaded = load_step_datasets(DataArguments(datasets=[str(train)], eval_datasets=[str(held)]), 2)
+    loaded = load_step_datasets(
+        DataArguments(datasets=[str(train)], eval_datasets=[str(held)], shared_by_steps="1,2,3"), 2
+    )
     assert len(loaded.train) == 20 and loaded.eval["prompt"] == ["Human: held Assistant:"]
 
 

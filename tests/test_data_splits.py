@@ -57,7 +57,7 @@ def test_no_record_in_two_steps_including_eval(tmp_path):
     (folder / "test.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records[450:]), "utf-8")
     seen = {}
     for step in (1, 2, 3):
-        loaded = load_step_datasets(DataArguments(datasets=[str(folder)]), step)
+        loaded = load_step_datasets(DataArguments(datasets=[str(folder)], shared_by_steps="1,2,3"), step)
         prompts = set(loaded.train["prompt"]) | set(loaded.eval["prompt"])
         for other, other_prompts in seen.items():
             assert not prompts & other_prompts, f"steps {other} and {step} share records"
@@ -79,7 +79,7 @@ def test_two_datasets_each_split(tmp_path):
             "utf-8",
         )
         paths.append(str(path))
-    loaded = load_step_datasets(DataArguments(datasets=paths, eval_split_ratio=0), 1)
+    loaded = load_step_datasets(DataArguments(datasets=paths, eval_split_ratio=0, shared_by_steps="1,2,3"), 1)
     prompts = loaded.train["prompt"]
     assert sum(prompt.startswith("Human: a") for prompt in prompts) == 10
     assert sum(prompt.startswith("Human: b") for prompt in prompts) == 10

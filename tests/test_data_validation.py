@@ -74,7 +74,7 @@ def test_skip_invalid_records_counts_every_reason(tmp_path):
     write_jsonl(path, records)
     with path.open("a", encoding="utf-8") as handle:
         handle.write("{not json\n")
-    loaded = load(str(path), eval_split_ratio=0, skip_invalid_records=True)
+    loaded = load(str(path), eval_split_ratio=0, skip_invalid_records=True, shared_by_steps="1,2,3")
     summary = loaded.summary
     assert summary.counts_by_reason == {
         "missing field: rejected": 1,

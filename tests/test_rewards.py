@@ -12,7 +12,7 @@ from rlhf_trl.tiny.task import gold_scores
 
 def test_reward_function_by_name_has_the_grpo_signature():
     function = load_reward_function("rlhf_trl.tiny.task:gold_scores")
-    assert function is gold_scores
+    assert function.__wrapped__ is gold_scores  # wrapped to be called as TRL calls reward functions
     scores = function(prompts=["Human: sort 3 1 2 Assistant:"] * 2, completions=[" 1 2 3", " 1 3 2"], extra=[1, 2])
     assert scores == [1.0, pytest.approx(1 / 3)]
 

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from datasets import Dataset
@@ -123,13 +124,24 @@ def test_wandb_offline_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir,
     trainer.train()
     runs = list((tmp_path / "ppo" / "runs" / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     (log_file,) = runs[0].glob("*.wandb")
+    # W&B's writer process may still be closing the file when finish() returns: wait for its exit record.
+    for _ in range(100):
+        records = []
+        try:
+            for data in wandb_log_records(log_file.read_bytes()):
+                records.append(wandb_internal_pb2.Record())
+                records[-1].ParseFromString(data)
+        except DecodeError:  # a record being written
+            pass
+        if any(record.WhichOneof("record_type") == "exit" for record in records):
+            break
+        time.sleep(0.1)
     history, config_keys = {}, set()
-    for data in wandb_log_records(log_file.read_bytes()):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(data)
+    for record in records:
         if record.WhichOneof("record_type") == "history":
             row = {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
             history[record.history.step.num] = row
@@ -145,7 +157,7 @@ def test_wandb_offline_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir,
     for line in lines:
         for key, value in line.items():
             if key != "step":
-                assert history[line["step"]][key] == pytest.approx(value, rel=1e-6), key
+                assert history.get(line["step"], {}).get(key) == pytest.approx(value, rel=1e-6), (key, sorted(history))
     assert {"learning_rate", "critic_learning_rate", "kl_coef"} <= config_keys
     assert "hub_token" not in config_keys
 

@@ -1,4 +1,5 @@
-"""The data layer: named datasets (DS-Chat's and "tiny-sort"), local files, step splits, chat formats, checks.
+"""The data layer: Hub datasets in TRL's formats, DS-Chat's named datasets and "tiny-sort", local files, the
+shares of steps that read the same dataset, chat formats, checks.
 
 Step scripts call ``load_step_datasets(DataArguments(...), step)`` and print ``.summary`` before training.
 """

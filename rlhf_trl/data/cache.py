@@ -19,7 +19,7 @@ from .summary import ValidationSummary
 
 logger = logging.getLogger(__name__)
 # Bump when the processing changes so that entries written by older code are not reused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 
 def cache_key(args, step: int, source_fingerprints: list[tuple[str, str]], eval_fingerprints: list) -> str:

@@ -1,10 +1,10 @@
 """``load_step_datasets``: every source of ``DataArguments`` read, checked, cut for one step, mixed and cached.
 
 For each source: read raw rows -> (adapter) -> check and normalise (``records.py``) -> convert the format if asked
-(``conversation.py``) -> shape for the step. Multi-step sources (pairs, rankings) give each step its disjoint
-``data_split`` share; SFT-only sources feed step 1 and prompt-only sources step 3 in full. Evaluation data is, in
-order of preference: ``eval_datasets``, the source's own eval split (cut by the same shares), an automatic seeded
-hold-out of ``eval_split_ratio``.
+(``conversation.py``) -> shape for the step. A source that several steps read gives each its disjoint ``data_split``
+share; one that only this step reads is used whole (``sharing.py`` decides). Evaluation data is, in order of
+preference: ``eval_datasets``, the source's own eval split (cut by the same shares), an automatic seeded hold-out of
+``eval_split_ratio`` (or ``test_split_size``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from .conversation import record_to_conversational, record_to_text
 from .errors import DataValidationError, RecordFiltered, RecordProblem
 from .local_files import RawRows
 from .records import (
-    MULTI_STEP_KINDS,
-    STEPS_FED,
+    FORMAT_NAMES,
     is_conversational,
     majority_kind,
     messages_to_prompt_completion,
@@ -30,6 +29,7 @@ from .records import (
     pair_to_ranking,
     step_record,
 )
+from .sharing import pipeline_readers, plan_for
 from .sources import Source, resolve_source
 from .splits import apply_weight, derived_seed, eval_holdout, shuffled, step_share_indices
 from .summary import SourceReport, ValidationSummary
@@ -52,6 +52,8 @@ class _SourcePart:
     weight: float
     train: list[dict]
     eval: list[dict]
+    fraction: float | None = None
+    report: SourceReport | None = None
 
 
 def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
@@ -63,24 +65,27 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
         raise ValueError(f"step must be 1, 2 or 3, got {step}")
     sources = [resolve_source(spec) for spec in args.sources]
     eval_sources = [resolve_source(spec) for spec in args.eval_sources]
+    readers = pipeline_readers(args)
     key = None
     if args.data_cache_dir:
-        key = cache_key(
-            args,
-            step,
-            [(source.label, source.fingerprint()) for source in sources],
-            [(source.label, source.fingerprint()) for source in eval_sources],
-        )
+        fingerprints = [(source.label, source.fingerprint()) for source in sources]
+        if readers is not None:
+            # What the other recipes name decides the shares, so it is part of the key (not just their paths).
+            fingerprints.append(("pipeline", {step: sorted(map(str, names)) for step, names in readers.items()}))
+        key = cache_key(args, step, fingerprints, [(source.label, source.fingerprint()) for source in eval_sources])
         cached = load_entry(args.data_cache_dir, step, key)
         if cached is not None:
             return StepDatasets(*cached)
 
     summary = ValidationSummary(step=step)
-    parts = [_prepare_source(source, step, args, summary.report_for(source.label, "train")) for source in sources]
+    parts = [
+        _prepare_source(source, step, args, summary.report_for(source.label, "train"), readers) for source in sources
+    ]
     parts += [
         _prepare_eval_source(source, step, args, summary.report_for(source.label, "eval")) for source in eval_sources
     ]
     _harmonize(parts, step)
+    _apply_fractions([part for part in parts if part.report is not None and part.report.role == "train"])
 
     train_records = []
     for position, part in enumerate(parts):
@@ -90,9 +95,9 @@ def load_step_datasets(args: DataArguments, step: int) -> StepDatasets:
     eval_records = shuffled(eval_records, derived_seed(args.data_split_seed, "eval", step))[: args.max_eval_samples]
     if not train_records:
         raise DataValidationError(
-            f"no training records for step {step} in {', '.join(args.datasets)}: "
-            + "; ".join(note for report in summary.sources for note in report.notes),
-            source=", ".join(args.datasets),
+            f"no training records for step {step} in {', '.join(args.source_labels)}: "
+            + "; ".join(report.taken for report in summary.sources if report.taken),
+            source=", ".join(args.source_labels),
             reason="empty",
         )
     train = _to_dataset(train_records, "train")
@@ -120,20 +125,29 @@ def _tiny_rows(step: int) -> tuple[list[RawRows], list[RawRows]]:
     return [train], [evaluation]
 
 
-def _prepare_source(source: Source, step: int, args: DataArguments, report: SourceReport) -> _SourcePart:
+def _prepare_source(
+    source: Source, step: int, args: DataArguments, report: SourceReport, readers: dict | None
+) -> _SourcePart:
     """This step's training (and own eval) records of one ``--datasets`` source."""
-    part = _SourcePart(source.label, source.spec.weight, [], [])
+    part = _SourcePart(source.label, source.spec.weight, [], [], source.spec.fraction, report)
     train_rows, eval_rows = _tiny_rows(step) if source.is_tiny else source.rows()
     kind = _source_kind(source, train_rows)
-    if step not in STEPS_FED[kind]:
-        report.notes.append(f"not used in step {step}: {kind} records feed step(s) {STEPS_FED[kind]}")
-        logger.info("%s: %s", source.label, report.notes[-1])
-        return part
-    split_by_step = kind in MULTI_STEP_KINDS and not source.is_tiny
-    shares = args.step_shares
+    report.format = FORMAT_NAMES[kind]
+    if source.is_tiny:
+        plan = None
+        report.taken = f"the task's own records for step {step}"
+    else:
+        plan = plan_for(source.spec.identity, kind, step, args, readers)
+        report.taken = plan.reason
+        if not plan.used:
+            report.used = False
+            report.notes.append(plan.reason)
+            logger.info("%s: %s", source.label, plan.reason)
+            return part
+    shares = plan.shares if plan is not None else None
 
     def keep(rows: list[RawRows], purpose: str) -> set[int] | None:
-        if not split_by_step:
+        if shares is None:
             return None
         count = sum(len(raw_rows) for raw_rows in rows)
         # The seed does not depend on the source's name or path: moving a file must not reshuffle its steps.
@@ -141,21 +155,56 @@ def _prepare_source(source: Source, step: int, args: DataArguments, report: Sour
         return set(step_share_indices(count, shares, seed)[step - 1])
 
     part.train = _check_rows(train_rows, source, kind, step, args, report, keep(train_rows, "train"))
-    if split_by_step and not part.train:
+    if shares is not None and not part.train:
         report.notes.append(f"data_split {args.data_split!r} gives step {step} no records of this source")
     if args.eval_datasets:
+        report.train_used = len(part.train)
         return part  # explicit eval sources replace the sources' own eval data
     if eval_rows and sum(len(raw_rows) for raw_rows in eval_rows):
         part.eval = _check_rows(eval_rows, source, kind, step, args, report, keep(eval_rows, "eval"))
     else:
         seed = derived_seed(args.data_split_seed, "holdout", step)
-        held_out = eval_holdout(len(part.train), args.eval_split_ratio, seed)
+        held_out = eval_holdout(len(part.train), _holdout_ratio(args, len(part.train)), seed)
         part.eval = [record for position, record in enumerate(part.train) if position in held_out]
         part.train = [record for position, record in enumerate(part.train) if position not in held_out]
         if held_out:
-            report.notes.append(f"{len(held_out)} records held out for evaluation (eval_split_ratio)")
+            setting = "test_split_size" if args.test_split_size is not None else "eval_split_ratio"
+            report.notes.append(f"{len(held_out)} records held out for evaluation ({setting})")
     report.train_used, report.eval_used = len(part.train), len(part.eval)
     return part
+
+
+def _apply_fractions(parts: list[_SourcePart]) -> None:
+    """TRL's ``fraction``: each source's target share of the mix, normalised; the mix is as large as it can be
+    without repeating records, and each source keeps its first ``round(share * size)`` records."""
+    given = [part.fraction is not None for part in parts]
+    if not any(given):
+        return
+    if not all(given):
+        missing = ", ".join(part.label for part in parts if part.fraction is None)
+        raise DataValidationError(
+            f"fraction is set for some datasets but not for {missing}: set it for all of them or none",
+            source=missing,
+            reason="bad fraction",
+        )
+    total_weight = sum(part.fraction for part in parts)
+    size = min(len(part.train) * total_weight / part.fraction for part in parts)
+    for part in parts:
+        keep = round(part.fraction / total_weight * size)
+        if keep < len(part.train):
+            part.report.notes.append(f"fraction {part.fraction:g}: keeps {keep} of its {len(part.train)} records")
+            part.train = part.train[:keep]
+            part.report.train_used = len(part.train)
+
+
+def _holdout_ratio(args: DataArguments, count: int) -> float:
+    """``test_split_size`` (a share, or a count of records) when set, else ``eval_split_ratio``."""
+    size = args.test_split_size
+    if size is None:
+        return args.eval_split_ratio
+    if size < 1:
+        return size
+    return min(size, count) / count if count else 0.0
 
 
 def _prepare_eval_source(source: Source, step: int, args: DataArguments, report: SourceReport) -> _SourcePart:
@@ -164,9 +213,13 @@ def _prepare_eval_source(source: Source, step: int, args: DataArguments, report:
     train_rows, eval_rows = _tiny_rows(step) if source.is_tiny else source.rows()
     rows = eval_rows if source.is_tiny else [*train_rows, *eval_rows]
     kind = _source_kind(source, rows)
-    if step not in STEPS_FED[kind]:
-        report.notes.append(f"not used in step {step}: {kind} records feed step(s) {STEPS_FED[kind]}")
+    report.format = FORMAT_NAMES[kind]
+    plan = plan_for(source.spec.identity, kind, step, args, None)
+    if not plan.used:
+        report.used, report.taken = False, plan.reason
+        report.notes.append(plan.reason)
         return part
+    report.taken = "evaluation only: all its records"
     part.eval = _check_rows(rows, source, kind, step, args, report, None)
     report.eval_used = len(part.eval)
     return part
@@ -238,6 +291,14 @@ def _harmonize(parts: list[_SourcePart], step: int) -> None:
     for part in parts:
         for record in [*part.train, *part.eval]:
             formats.setdefault(is_conversational(record), part.label)
+    language_modelling = {("text" in record): part.label for part in parts for record in [*part.train, *part.eval]}
+    if step == 1 and len(language_modelling) > 1:
+        raise DataValidationError(
+            f"step 1 mixes language-modelling records ({language_modelling[True]}, field 'text') with "
+            f"prompt/completion or messages records ({language_modelling[False]}); give step 1 one of the two",
+            source=f"{language_modelling[True]}, {language_modelling[False]}",
+            reason="mixed formats",
+        )
     if len(formats) > 1:
         raise DataValidationError(
             f"step {step} mixes text records ({formats[False]}) and conversational records ({formats[True]}); "

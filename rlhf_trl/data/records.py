@@ -4,12 +4,17 @@ A *record* is one dict in one of TRL's standard formats. Raw records (from a fil
 ``normalize_record``, which checks them and returns the canonical form, or raises ``RecordProblem`` saying which
 field broke which rule. ``step_record`` then shapes a canonical record for step 1, 2 or 3.
 
-Kinds and the steps they feed:
-- ``pairwise``  {"prompt", "chosen", "rejected"}: steps 1 (prompt + chosen), 2 and 3 (prompt).
+Kinds (TRL's dataset formats) and the steps that can use them (``STEPS_USING``):
+- ``text``      {"text"}: language modelling; step 1.
+- ``conversation`` {"messages"}: conversational language modelling; step 1.
+- ``sft``       {"prompt", "completion"}: steps 1 and 3 (its prompt).
+- ``pairwise``  {"prompt", "chosen", "rejected"}, or implicit prompt {"chosen", "rejected"}: steps 1 (prompt +
+  chosen), 2 and 3 (prompt).
 - ``kwise``     {"prompt", "responses" best-first, optional "scores"}: steps 1 (best answer), 2 and 3.
-- ``sft``       {"prompt", "completion"}: step 1 only.
-- ``conversation`` {"messages"}: step 1 only.
-- ``prompt_only`` {"prompt", ...}: step 3 only.
+- ``prompt_only`` {"prompt", ...}: step 3.
+- ``unpaired_preference`` {"prompt", "completion", "label"}: step 3 (its prompt); no step learns from its answers.
+When every step is given the same datasets list (DS-Chat's way), a dataset feeds the steps of ``STEPS_FED``
+instead: SFT data only step 1, as DS-Chat's SFT-only datasets.
 Text fields are strings; conversational fields are lists of ``{"role", "content"}`` messages. Prompts and the
 answers a model learns to give (chosen, completion, the best of a ranking) must not be blank; a rejected or
 lower-ranked answer may be (saying nothing is a real way to answer badly).
@@ -24,11 +29,43 @@ from collections.abc import Iterable
 from .errors import DataValidationError, RecordProblem
 
 PAIRWISE, KWISE, SFT, CONVERSATION, PROMPT_ONLY = "pairwise", "kwise", "sft", "conversation", "prompt_only"
+TEXT, UNPAIRED = "text", "unpaired_preference"
 # Richest first: breaks ties when a file's records disagree about their kind.
-KINDS = (KWISE, PAIRWISE, CONVERSATION, SFT, PROMPT_ONLY)
-STEPS_FED = {PAIRWISE: (1, 2, 3), KWISE: (1, 2, 3), SFT: (1,), CONVERSATION: (1,), PROMPT_ONLY: (3,)}
-MULTI_STEP_KINDS = (PAIRWISE, KWISE)
-STANDARD_FIELDS = ("prompt", "chosen", "rejected", "completion", "messages", "responses", "scores")
+KINDS = (KWISE, PAIRWISE, CONVERSATION, UNPAIRED, SFT, PROMPT_ONLY, TEXT)
+STEPS_USING = {
+    PAIRWISE: (1, 2, 3),
+    KWISE: (1, 2, 3),
+    SFT: (1, 3),
+    CONVERSATION: (1,),
+    PROMPT_ONLY: (3,),
+    TEXT: (1,),
+    UNPAIRED: (3,),
+}
+# DS-Chat's rule for one datasets list given to every step.
+STEPS_FED = {
+    PAIRWISE: (1, 2, 3),
+    KWISE: (1, 2, 3),
+    SFT: (1,),
+    CONVERSATION: (1,),
+    PROMPT_ONLY: (3,),
+    TEXT: (1,),
+    UNPAIRED: (3,),
+}
+# How the formats are named to users.
+FORMAT_NAMES = {
+    TEXT: "language modelling (text)",
+    UNPAIRED: "unpaired preference (prompt, completion, label)",
+    CONVERSATION: "conversational language modelling (messages)",
+    SFT: "prompt/completion",
+    PAIRWISE: "preference (prompt, chosen, rejected)",
+    KWISE: "ranked (prompt, responses, scores)",
+    PROMPT_ONLY: "prompt-only",
+}
+EXPECTED_FORMATS = (
+    "text; messages; prompt+completion; prompt+chosen+rejected or chosen+rejected (implicit prompt); "
+    "prompt+responses(+scores); prompt"
+)
+STANDARD_FIELDS = ("prompt", "chosen", "rejected", "completion", "messages", "responses", "scores", "text")
 ROLES = ("system", "user", "assistant", "tool")
 ANSWER_MARKER = "Assistant:"
 
@@ -43,23 +80,33 @@ def detect_kind(raw: object) -> str | None:
         return PAIRWISE
     if "messages" in raw:
         return CONVERSATION
+    if "completion" in raw and "label" in raw:
+        return UNPAIRED  # a completion labelled good or bad: not a demonstration to learn from
     if "completion" in raw:
         return SFT
     if "prompt" in raw:
         return PROMPT_ONLY
+    if "text" in raw:
+        return TEXT
     return None
 
 
 def majority_kind(raw_records: Iterable[object], source: str) -> str:
     """The kind most records of a source announce; records of other kinds then fail validation one by one."""
-    counts = Counter(kind for kind in map(detect_kind, raw_records) if kind is not None)
+    counts, columns = Counter(), set()
+    for raw in raw_records:
+        kind = detect_kind(raw)
+        if kind is not None:
+            counts[kind] += 1
+        elif isinstance(raw, dict) and len(columns) < 50:
+            columns.update(raw)
     if not counts:
-        raise DataValidationError.for_record(
-            source,
-            None,
-            None,
-            "no record has a known field",
-            "expected prompt+chosen+rejected, prompt+completion, messages, prompt+responses or prompt",
+        found = ", ".join(sorted(map(str, columns))) or "none"
+        raise DataValidationError(
+            f"{source}: unknown dataset format (columns: {found}); expected one of TRL's formats: "
+            f"{EXPECTED_FORMATS} (select or rename columns with ',columns=a+b' or YAML columns: [a, b])",
+            source=source,
+            reason="no record has a known field",
         )
     return max(KINDS, key=lambda kind: (counts[kind], -KINDS.index(kind)))
 
@@ -126,7 +173,8 @@ def _check_prompt(raw: dict, max_prompt_chars: int | None) -> str | list[dict]:
 def _split_implicit_prompt(raw: dict) -> dict:
     """TRL's implicit-prompt pairs: chosen and rejected hold the whole conversation; the shared start is the prompt.
 
-    Text is cut after the last 'Assistant:' of the shared start; message lists after the last shared message.
+    Text is cut after the last 'Assistant:' of the shared start, or else before the first differing word; message
+    lists after the last shared message.
     """
     chosen, rejected = raw.get("chosen"), raw.get("rejected")
     if isinstance(chosen, str) and isinstance(rejected, str):
@@ -136,6 +184,12 @@ def _split_implicit_prompt(raw: dict) -> dict:
         cut = chosen.rfind(ANSWER_MARKER, 0, shared)
         if cut >= 0:
             cut += len(ANSWER_MARKER)
+        elif shared < min(len(chosen), len(rejected)):
+            # No transcript markers: the shared words are the prompt; the answers start at the space before the
+            # first word that differs (so a prompt never ends inside a word).
+            cut = max(chosen.rfind(" ", 0, shared + 1), chosen.rfind("\n", 0, shared + 1))
+            cut = cut if cut > 0 and chosen[:cut].strip() else -1
+        if cut >= 0:
             return {**raw, "prompt": chosen[:cut], "chosen": chosen[cut:], "rejected": rejected[cut:]}
     elif isinstance(chosen, list) and isinstance(rejected, list):
         shared = 0
@@ -196,6 +250,8 @@ def normalize_record(raw: object, kind: str, max_prompt_chars: int | None = None
     """
     if not isinstance(raw, dict):
         raise RecordProblem(None, "not an object", f"got {type(raw).__name__}")
+    if kind == TEXT:
+        return {"text": check_text(raw, "text"), **_extras(raw)}
     if kind == CONVERSATION:
         messages = check_messages(raw, "messages")
         if not any(message["role"] == "assistant" for message in messages):
@@ -218,6 +274,8 @@ def normalize_record(raw: object, kind: str, max_prompt_chars: int | None = None
         return {"prompt": prompt, "completion": check_value(raw, "completion", conversational), **_extras(raw)}
     if kind == PROMPT_ONLY:
         return {"prompt": prompt, **_extras(raw)}
+    if kind == UNPAIRED:
+        return {"prompt": prompt, **{key: value for key, value in _extras(raw).items() if key != "label"}}
     raise ValueError(f"unknown record kind {kind!r}")
 
 
@@ -228,6 +286,8 @@ def step_record(record: dict, kind: str, step: int) -> dict:
     for reward functions; steps 1 and 2 keep only the fields their trainers read.
     """
     if step == 1:
+        if kind == TEXT:
+            return {"text": record["text"]}
         if kind == CONVERSATION and "messages" in record:  # (record_format="text" makes it prompt/completion)
             return {"messages": record["messages"]}
         if kind == PAIRWISE:

@@ -23,6 +23,11 @@ class SourceReport:
     train_used: int = field(default=0, metadata={"help": "Records this step trains on from this source."})
     eval_used: int = field(default=0, metadata={"help": "Records this step evaluates on from this source."})
     notes: list = field(default_factory=list, metadata={"help": "Free-text notes, e.g. why a source was unused."})
+    format: str = field(default="", metadata={"help": "The dataset format found (TRL's names)."})
+    taken: str = field(
+        default="", metadata={"help": "How much of the source this step takes and why (whole, a data_split share)."}
+    )
+    used: bool = field(default=True, metadata={"help": "False when the step cannot use this source at all."})
 
     def count_skip(self, reason: str, location: str) -> None:
         self.skipped[reason] += 1
@@ -95,6 +100,9 @@ class ValidationSummary:
                     "train_used": report.train_used,
                     "eval_used": report.eval_used,
                     "notes": list(report.notes),
+                    "format": report.format,
+                    "taken": report.taken,
+                    "used": report.used,
                 }
                 for report in self.sources
             ],
@@ -116,31 +124,35 @@ class ValidationSummary:
                     train_used=item["train_used"],
                     eval_used=item["eval_used"],
                     notes=list(item["notes"]),
+                    format=item["format"],
+                    taken=item["taken"],
+                    used=item["used"],
                 )
             )
         return summary
 
     def __str__(self) -> str:
-        header = ("source", "role", "read", "valid", "skipped", "filtered", "train", "eval")
-        rows = [
-            (
-                report.source,
-                report.role,
-                str(report.records_read),
-                str(report.records_valid),
-                str(sum(report.skipped.values())),
-                str(sum(report.filtered.values())),
-                str(report.train_used),
-                str(report.eval_used),
-            )
-            for report in self.sources
-        ]
+        header = ("source", "role", "format", "read", "valid", "skipped", "filtered", "train", "eval", "taken")
+        rows = []
+        for report in self.sources:
+            # A source the step does not use, or an eval-only source, has no training count to show: "-", not 0.
+            counts = [
+                report.records_read,
+                report.records_valid,
+                sum(report.skipped.values()),
+                sum(report.filtered.values()),
+                report.train_used if report.role == "train" else None,
+                report.eval_used,
+            ]
+            cells = [str(count) if report.used and count is not None else "-" for count in counts]
+            rows.append((report.source, report.role, report.format, *cells, report.taken))
         widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+        left_aligned = (0, 1, 2, len(header) - 1)
 
         def line(cells: tuple) -> str:
-            # Source and role read best left-aligned, the counts right-aligned.
+            # Names and reasons read best left-aligned, the counts right-aligned.
             return "  ".join(
-                cell.ljust(width) if column < 2 else cell.rjust(width)
+                cell.ljust(width) if column in left_aligned else cell.rjust(width)
                 for column, (cell, width) in enumerate(zip(cells, widths))
             ).rstrip()
 
@@ -151,6 +163,6 @@ class ValidationSummary:
                 for reason, count in sorted(counts.items()):
                     where = report.first_location.get(reason, "")
                     lines.append(f"  {report.source}: {kind} {count} x {reason} (first at {where})")
-            lines.extend(f"  {report.source}: {note}" for note in report.notes)
+            lines.extend(f"  {report.source}: {note}" for note in report.notes if note != report.taken)
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)

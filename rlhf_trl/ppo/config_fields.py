@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from rlhf_trl.configs import ConfigError
 from rlhf_trl.ppo.run_logger import requested_trackers
 
 # Inherited fields PPO reads (where: optim.py, run_logger.py, trainer.py, distributed.py, scripts/ppo.py, common.py).
@@ -181,18 +182,18 @@ def is_default(value, default) -> bool:
 
 
 def check_inherited_fields(config) -> None:
-    """Raise ValueError (one line) for an inherited setting PPO cannot honour. Call before TrainingArguments'
+    """Raise ConfigError (one line) for an inherited setting PPO cannot honour. Call before TrainingArguments'
     ``__post_init__``, which rewrites some fields (report_to, do_eval), so the user's own values are checked."""
     for config_field in dataclasses.fields(config):
         name = config_field.name
         value = _plain(getattr(config, name))
         if name in REFUSED and not is_default(value, field_default(config_field)):
-            raise ValueError(f"{name}={value!r} is not supported by PPO ({REFUSED[name]}): remove it")
+            raise ConfigError(f"{name}={value!r} is not supported by PPO ({REFUSED[name]}): remove it")
         if name in ALLOWED_VALUES and value not in ALLOWED_VALUES[name]:
-            raise ValueError(f"{name} must be one of {ALLOWED_VALUES[name]} for PPO, got {value!r}")
+            raise ConfigError(f"{name} must be one of {ALLOWED_VALUES[name]} for PPO, got {value!r}")
     requested_trackers(config.report_to)  # an unknown tracker or a missing package stops the run here
     if config.push_to_hub and _plain(config.hub_strategy) != "end":
-        raise ValueError(
+        raise ConfigError(
             f"hub_strategy={_plain(config.hub_strategy)!r} is not supported by PPO (the final model is pushed once, "
             "at the end): set hub_strategy: end"
         )

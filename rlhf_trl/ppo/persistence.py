@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from rlhf_trl.guards import warn_if_rng_state_unusable
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo.experience import Rollout
 from rlhf_trl.ppo.run_logger import SHOWN
@@ -76,6 +77,7 @@ class PersistenceMixin:
     def _load_checkpoint(self, path: Path) -> None:
         state = checkpoints.read_state(path)
         self.accelerator.load_state(str(path / "accelerator"))
+        warn_if_rng_state_unusable(path / "accelerator", self.accelerator.process_index)
         if self.ema is not None:
             self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.accelerator.device))
         self.state.update(state["trainer"])

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from rlhf_trl.configs import ConfigError
+
 logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
 # report_to name -> the package it needs (installed with the extra of the same name: pip install 'rlhf-trl[wandb]').
@@ -25,7 +27,7 @@ SAMPLE_COLUMNS = ["prompt", "completion", "score", "gold_score"]
 
 
 def requested_trackers(report_to) -> list[str]:
-    """The trackers a ``report_to`` value asks for ('all': those of ours that are installed); raises ValueError
+    """The trackers a ``report_to`` value asks for ('all': those of ours that are installed); raises ConfigError
     (one line) for an unknown name or a tracker whose package is missing."""
     names = [report_to] if isinstance(report_to, str) else list(report_to or [])
     names = [str(name) for name in names if str(name) != "none"]
@@ -33,10 +35,10 @@ def requested_trackers(report_to) -> list[str]:
         return [name for name, package in TRACKER_PACKAGES.items() if importlib.util.find_spec(package)]
     for name in names:
         if name not in TRACKER_PACKAGES:
-            raise ValueError(f"report_to {name!r} is not supported by PPO: use one of {tuple(TRACKER_PACKAGES)}")
+            raise ConfigError(f"report_to {name!r} is not supported by PPO: use one of {tuple(TRACKER_PACKAGES)}")
         package = TRACKER_PACKAGES[name]
         if importlib.util.find_spec(package) is None:
-            raise ValueError(
+            raise ConfigError(
                 f"report_to {name} needs the {package} package: pip install 'rlhf-trl[{name}]' (or {package})"
             )
     return names

@@ -14,6 +14,8 @@ import torch
 from transformers import TrainerCallback
 from trl import TrlParser, get_peft_config, get_quantization_config
 
+from rlhf_trl.models import model_folder_problem
+
 logger = logging.getLogger("rlhf_trl")
 
 
@@ -21,23 +23,65 @@ class StepError(RuntimeError):
     """A problem with the user's input, reported as one line before any training starts."""
 
 
+class _StepParser(TrlParser):
+    """TrlParser whose usage errors (a flag's bad value, a missing argument) are one-line StepErrors."""
+
+    def error(self, message):
+        raise StepError(message)
+
+
 def parse_step_arguments(dataclass_types, argv):
-    """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors."""
-    parser = TrlParser(dataclass_types)
+    """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors. Every value is validated
+    (types, ranges, reward functions importable) before anything loads; problems are one-line StepErrors."""
+    from rlhf_trl.configs import check_parsed_arguments, check_yaml_types
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _StepParser(dataclass_types)
     try:
-        return parser.parse_args_and_config(args=argv)
-    except ValueError as error:
-        raise StepError(str(error).splitlines()[0]) from error
+        if "--config" in argv[:-1]:
+            check_yaml_types(read_config_file(argv[argv.index("--config") + 1]), dataclass_types)
+        parsed = parser.parse_args_and_config(args=argv)
+        check_parsed_arguments(parsed)
+    except (ValueError, TypeError) as error:
+        raise StepError(str(error).strip().splitlines()[0]) from error
+    return parsed
+
+
+def read_config_file(path: str) -> dict:
+    """The YAML mapping of a ``--config`` file; a missing file, broken YAML or YAML that is not a mapping of
+    field: value is a one-line StepError."""
+    import yaml
+
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise StepError(f"config file {path} does not exist" if not config_path.exists() else f"{path} is not a file")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise StepError(f"config file {path} is not valid YAML{line}: {problem}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise StepError(f"cannot read config file {path}: {error}") from error
+    if not isinstance(config, dict):
+        raise StepError(f"config file {path} must be a YAML mapping of field: value, got {type(config).__name__}")
+    return config
 
 
 def run_step(main_function, argv):
     """Run a step's main; our own errors become one line on stderr and exit code 2 instead of a traceback."""
     from rlhf_trl.data import DataValidationError
+    from rlhf_trl.guards import TrainingStoppedError
+    from rlhf_trl.reward.functions import RewardFunctionError
+    from rlhf_trl.reward.remote import RemoteRewardError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main_function(argv)
-    except (StepError, DataValidationError) as error:
+    # A reward source failing mid-run (a remote server gone after its retries, a function's signature) is one line
+    # too: the checkpoints written so far stay, and a resume continues from the last one.
+    except (StepError, DataValidationError, TrainingStoppedError, RewardFunctionError, RemoteRewardError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -51,14 +95,17 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> Path:
     return path
 
 
-def check_model_path(name_or_path: str | None, what: str) -> str:
-    """Fail early on a missing local model folder; hub names are left to from_pretrained."""
+def check_model_path(name_or_path: str | None, what: str, needs_tokenizer: bool = False) -> str:
+    """Fail early on a missing or damaged local model folder; hub names are left to from_pretrained."""
     if not name_or_path:
         raise StepError(f"no {what} given (set model_name_or_path)")
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise StepError(f"{what} {name_or_path} has no config.json: not a Hugging Face model folder")
+        problem = model_folder_problem(path, needs_tokenizer)
+        if problem:
+            raise StepError(f"{what}: {problem}")
     elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         # Hub ids are 'name' or 'org/name'; anything else is a local path that is not there.
         raise StepError(f"{what} {name_or_path} does not exist")
@@ -87,7 +134,7 @@ def model_init_kwargs(model_args) -> dict:
 
 def load_pretrained(model_class, name_or_path: str, what: str, **kwargs):
     """from_pretrained with a one-line error naming the model when it cannot be loaded."""
-    check_model_path(name_or_path, what)
+    check_model_path(name_or_path, what, needs_tokenizer=model_class.__name__.endswith("Tokenizer"))
     try:
         return model_class.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
@@ -156,7 +203,7 @@ def write_run_info(output_dir, step_name, model_args, data_args, training_args, 
     info = {
         "step_name": step_name,
         "base_model": model_args.model_name_or_path,
-        "datasets": list(data_args.datasets),
+        "datasets": data_args.source_labels,
         "data_split": data_args.data_split,
         "hyperparameters": hyperparameters(training_args, keys),
         "final_metrics": final_metrics,

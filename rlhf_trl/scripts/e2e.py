@@ -30,8 +30,15 @@ KEY_METRICS = {
 }
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; a bad flag here is reported as one ``error:`` line."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
+    parser = _OneLineErrors(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="tiny", help="recipe name under recipes/ or a folder with the 3 YAMLs")
     parser.add_argument("--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc.")
     parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
@@ -79,6 +86,8 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
     ]
     if args.overwrite_output_dir:
         arguments.append("--overwrite_output_dir")
+    # Every step knows which datasets the others read, so data_split cuts only the datasets steps share.
+    arguments += ["--pipeline_configs", *(str(recipe / recipe_file(other, args.variant)) for other in STEP_RECIPES)]
     if step == 1 and args.actor_model:
         arguments += ["--model_name_or_path", args.actor_model]
     if step == 2 and args.reward_init == "sft":
@@ -174,27 +183,58 @@ def print_samples(output: Path, count: int) -> None:
 
 
 def parse_arguments(argv) -> argparse.Namespace:
-    """Command-line flags over the recipe's optional e2e.yaml defaults (keys are the flags' names)."""
+    """Command-line flags over the recipe's optional e2e.yaml defaults (keys are the flags' names), validated:
+    every problem is one ``error:`` line and exit code 2 before any step starts."""
     import yaml
 
     parser = build_parser()
     known = parser.parse_args(argv)
     defaults_file = recipe_dir(known.recipe) / "e2e.yaml"
     if defaults_file.exists():
-        defaults = yaml.safe_load(defaults_file.read_text()) or {}
+        try:
+            defaults = yaml.safe_load(defaults_file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise SystemExit(f"error: {defaults_file} is not valid YAML: {str(error).splitlines()[0]}") from error
+        if not isinstance(defaults, dict):
+            raise SystemExit(f"error: {defaults_file} must be a YAML mapping of flag: value")
         valid = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - valid)
         if unknown:
             raise SystemExit(f"error: {defaults_file}: unknown keys {unknown}")
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_arguments(args)
+    return args
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Values argparse's types and choices cannot judge alone: counts, and ZeRO stages the deployment offers."""
+    from rlhf_trl.launch import config_for_deployment
+
+    if args.num_processes is not None and args.num_processes < 1:
+        raise SystemExit(f"error: --num-processes must be at least 1, got {args.num_processes}")
+    if args.samples < 0:
+        raise SystemExit(f"error: --samples must be 0 or more, got {args.samples}")
+    for step in args.step:
+        option = "--reward-zero-stage" if step == 2 else "--actor-zero-stage"
+        stage = args.reward_zero_stage if step == 2 else args.actor_zero_stage
+        try:
+            config_for_deployment(args.deployment_type, stage)
+        except ValueError as error:
+            raise SystemExit(f"error: {option}: {error}") from error
 
 
 def main(argv=None) -> int:
     from rlhf_trl.launch import config_for_deployment, launch_command
 
-    args = parse_arguments(argv)
-    recipe = recipe_dir(args.recipe, args.variant)
+    try:
+        args = parse_arguments(argv)
+        recipe = recipe_dir(args.recipe, args.variant)
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise  # --help (0)
+        print(stop.code, file=sys.stderr)
+        return 2
     output = Path(args.output_dir)
     if output.exists() and any(output.iterdir()) and not args.overwrite_output_dir:
         print(f"error: output dir {output} is not empty; pass --overwrite_output_dir", file=sys.stderr)

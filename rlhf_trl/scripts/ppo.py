@@ -74,6 +74,18 @@ def ptx_texts(data_args: DataArguments, datasets: list[str]):
     return Dataset.from_dict({"text": texts})
 
 
+def check_prompt_count(count: int, training_args: PPOConfig) -> None:
+    """Every PPO step takes a whole batch of prompts on every process: fewer prompts than that cannot train."""
+    processes = max(training_args.world_size, 1)
+    needed = training_args.per_device_train_batch_size * processes
+    if count < needed:
+        raise StepError(
+            f"the PPO prompt set has {count} prompt(s), but one batch needs {needed} "
+            f"(per_device_train_batch_size {training_args.per_device_train_batch_size} x {processes} process(es)): "
+            "add prompts or lower per_device_train_batch_size"
+        )
+
+
 def main(argv=None) -> int:
     parsed = parse_step_arguments((ModelConfig, DataArguments, PPOConfig, RunArguments), argv)
     model_args, data_args, training_args, run_args = parsed
@@ -104,6 +116,7 @@ def main(argv=None) -> int:
     gold_funcs = load_functions([run_args.gold_scorer], "gold_scorer") if run_args.gold_scorer else None
     data = load_step_datasets(data_args, step=3)
     print(data.summary)
+    check_prompt_count(len(data.train), training_args)
 
     init_kwargs = {**model_init_kwargs(model_args), **remote_code}
     actor = load_pretrained(AutoModelForCausalLM, actor_path, "actor model", **init_kwargs)

@@ -14,6 +14,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
+from rlhf_trl.guards import DivergenceCallback
 from rlhf_trl.models import match_embeddings, resolve_model_name
 from rlhf_trl.rewards import RewardModelScorer
 from rlhf_trl.scripts.common import (
@@ -72,6 +73,7 @@ def main(argv=None) -> int:
         from rlhf_trl.kwise import KWiseRewardTrainer
 
         trainer_class = KWiseRewardTrainer
+    divergence = DivergenceCallback(run_args.divergence_factor)
     trainer = trainer_class(
         model=model,
         args=training_args,
@@ -79,10 +81,11 @@ def main(argv=None) -> int:
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=peft_config_or_none(model_args),
-        callbacks=[MetricsFileCallback(output_dir)],
+        callbacks=[MetricsFileCallback(output_dir), divergence],
     )
     trainable_in_float32_on_cpu(trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    divergence.raise_if_diverged()  # before saving: a diverged model must not become the step's result
     trainer.save_model(str(output_dir))
     final_metrics = trainer.evaluate() if data.eval is not None else {}
     if trainer.accelerator.is_main_process:

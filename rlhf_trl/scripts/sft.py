@@ -15,6 +15,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
+from rlhf_trl.guards import DivergenceCallback
 from rlhf_trl.models import match_embeddings, resolve_model_name
 from rlhf_trl.scripts.common import (
     MetricsFileCallback,
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
         gold_function = gold_functions[0]
         final_metrics["base_gold_score"] = mean_gold_score(gold_function, model, tokenizer, prompts)
 
+    divergence = DivergenceCallback(run_args.divergence_factor)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -127,10 +129,11 @@ def main(argv=None) -> int:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config_or_none(model_args),
-        callbacks=[MetricsFileCallback(output_dir)],
+        callbacks=[MetricsFileCallback(output_dir), divergence],
     )
     trainable_in_float32_on_cpu(trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    divergence.raise_if_diverged()  # before saving: a diverged model must not become the step's result
     trainer.save_model(str(output_dir))
     if data.eval is not None:
         final_metrics.update(trainer.evaluate())
