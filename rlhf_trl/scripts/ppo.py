@@ -24,9 +24,9 @@ from rlhf_trl.scripts.common import (
     load_pretrained,
     load_tokenizer,
     model_init_kwargs,
+    open_step_output,
     parse_step_arguments,
     peft_config_or_none,
-    prepare_output_dir,
     run_step,
 )
 
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
     parsed = parse_step_arguments((ModelConfig, DataArguments, PPOConfig, RunArguments), argv)
     model_args, data_args, training_args, run_args = parsed
     started = time.time()
-    resuming = bool(training_args.resume_from_checkpoint)
-    output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir or resuming)
+    output = open_step_output(training_args, run_args)
     if not training_args.reward_model_path and not training_args.reward_funcs:
         raise StepError("PPO needs a reward: set reward_model_path and/or reward_funcs")
     actor_path = resolve_model_name(model_args.model_name_or_path)
@@ -162,9 +161,9 @@ def main(argv=None) -> int:
         last = trainer.log_history[-1]
         final_metrics.update({key: value for key, value in last.items() if key.startswith(("objective/", "time/"))})
     final_metrics["rollout_backend"] = trainer.rollout_backend_in_use
-    trainer.save_model(str(output_dir))
+    output.save_final(lambda folder: trainer.save_model(str(folder)))
     if trainer.accelerator.is_main_process:
-        finish_step(output_dir, "ppo", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, "ppo", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 
