@@ -29,6 +29,23 @@ class RunArguments:
         },
     )
     plots: bool = field(default=True, metadata={"help": "Write PNG plots of the metrics into output_dir."})
+    num_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "CPU threads for torch (default: torch's choice, one per core). Summation order, hence the "
+            "last bits of every result, depends on it: the tiny recipes fix it to 1 so they give the same numbers "
+            "on machines with different core counts."
+        },
+    )
+
+    deterministic_algorithms: bool = field(
+        default=False,
+        metadata={
+            "help": "Use torch's deterministic algorithms where an op has one (a warning names any op that has "
+            "none). Unlike TrainingArguments' full_determinism this never stops a run."
+        },
+    )
+
     divergence_factor: float | None = field(
         default=10.0,
         metadata={
@@ -39,7 +56,26 @@ class RunArguments:
 
     def __post_init__(self) -> None:
         check_field_types(self)
-        check_ranges(self, {"divergence_factor": Range(above=1, optional=True, zero_means_off=True)})
+        check_ranges(
+            self,
+            {
+                "divergence_factor": Range(above=1, optional=True, zero_means_off=True),
+                "num_threads": Range(minimum=1, optional=True),
+            },
+        )
+
+
+def apply_reproducibility(parsed) -> None:
+    """Apply a step's reproducibility settings (RunArguments) before anything is built."""
+    import torch
+
+    for arguments in parsed:
+        if isinstance(arguments, RunArguments):
+            if arguments.num_threads:
+                torch.set_num_threads(arguments.num_threads)
+            if arguments.deterministic_algorithms:
+                # Warnings, not errors, for ops without a deterministic version: a run must not stop over one.
+                torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 # Validation of configuration values. Every field is checked before any model loads, so a bad value costs a second

@@ -47,7 +47,7 @@ class _StepParser(TrlParser):
 def parse_step_arguments(dataclass_types, argv):
     """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors. Every value is validated
     (types, ranges, reward functions importable) before anything loads; problems are one-line StepErrors."""
-    from rlhf_trl.configs import check_parsed_arguments, check_yaml_types
+    from rlhf_trl.configs import apply_reproducibility, check_parsed_arguments, check_yaml_types
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _StepParser(dataclass_types)
@@ -58,6 +58,7 @@ def parse_step_arguments(dataclass_types, argv):
         check_parsed_arguments(parsed)
     except (ValueError, TypeError) as error:
         raise StepError(str(error).strip().splitlines()[0]) from error
+    apply_reproducibility(parsed)
     return parsed
 
 

@@ -26,7 +26,6 @@ from rlhf_trl.output_dir import (
 )
 from rlhf_trl.redaction import redact_argv
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 STEP_DIRS = {1: "step1_sft", 2: "step2_reward", 3: "step3_ppo"}
 STEP_MODULES = {1: "rlhf_trl.scripts.sft", 2: "rlhf_trl.scripts.reward", 3: "rlhf_trl.scripts.ppo"}
 STEP_RECIPES = {1: "sft.yaml", 2: "reward.yaml", 3: "ppo.yaml"}
@@ -47,7 +46,7 @@ class _OneLineErrors(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrors(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default="tiny", help="recipe name under recipes/ or a folder with the 3 YAMLs")
+    parser.add_argument("--recipe", default="tiny", help="shipped recipe (rlhf-trl recipes) or a folder")
     parser.add_argument("--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc.")
     parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
     parser.add_argument("--reward-model", default=None, help="base model of step 2 (default: the recipe's)")
@@ -61,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     parser.add_argument("--actor-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
     parser.add_argument("--reward-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
+    parser.add_argument(
+        "--accelerate_config",
+        "--accelerate-config",
+        default=None,
+        help="accelerate config for every step, shipped name (rlhf-trl recipes) or file (default: the deployment's)",
+    )
     parser.add_argument("--num-processes", type=int, default=None, help="processes per node (default: config's)")
     parser.add_argument("--output-dir", default="outputs/e2e")
     parser.add_argument(
@@ -85,14 +90,15 @@ def recipe_file(step: int, variant: str | None) -> str:
 
 
 def recipe_dir(recipe: str, variant: str | None = None) -> Path:
-    path = Path(recipe)
-    if not path.is_dir():
-        path = RECIPES_DIR / recipe
+    from rlhf_trl import resources
+
+    try:
+        path = resources.recipe_dir(recipe)
+    except resources.ResourceNotFound as error:
+        raise SystemExit(f"error: {error}") from None
     missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
-    if not path.is_dir() or missing:
-        raise SystemExit(
-            f"error: recipe {recipe!r} not found or incomplete (missing {', '.join(missing) or 'folder'})"
-        )
+    if missing:
+        raise SystemExit(f"error: recipe {recipe!r} is incomplete (missing {', '.join(missing)})")
     return path
 
 
@@ -249,9 +255,15 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
+    from rlhf_trl.resources import ResourceNotFound, accelerate_config
+
     try:
         args = parse_arguments(argv)
         recipe = recipe_dir(args.recipe, args.variant)
+        chosen_config = accelerate_config(args.accelerate_config) if args.accelerate_config else None
+    except ResourceNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     except SystemExit as stop:
         if not isinstance(stop.code, str):
             raise  # --help (0)
@@ -273,13 +285,14 @@ def main(argv=None) -> int:
         print(f"error: {line or error}", file=sys.stderr)
         return 2
     try:
-        return run_steps(args, recipe, output)
+        return run_steps(args, recipe, output, chosen_config)
     finally:
         lock.release()
 
 
-def run_steps(args, recipe: Path, output: Path) -> int:
-    """The chosen steps in order, in an output folder this run holds the lock of."""
+def run_steps(args, recipe: Path, output: Path, chosen_config: Path | None) -> int:
+    """The chosen steps in order, in an output folder this run holds the lock of; ``chosen_config`` is the
+    accelerate config for every step (None: each step's from the deployment type and ZeRO stage)."""
     from rlhf_trl.launch import config_for_deployment, launch_command
 
     if visible_contents(output) and not (args.resume or args.overwrite_output_dir):
@@ -306,7 +319,7 @@ def run_steps(args, recipe: Path, output: Path) -> int:
             rows.append({"step": STEP_DIRS[step], "wall_time_s": wall_time, "key_metric": label, "value": value})
             continue
         zero_stage = args.reward_zero_stage if step == 2 else args.actor_zero_stage
-        config = config_for_deployment(args.deployment_type, zero_stage)
+        config = chosen_config or config_for_deployment(args.deployment_type, zero_stage)
         command = launch_command(
             config, STEP_MODULES[step], step_arguments(step, args, recipe, output), num_processes=args.num_processes
         )
