@@ -33,9 +33,9 @@ def _policy_and_value_wrapper():
 def gathered_policy(model, accelerator=None):
     """Yield the actor with its full weights, ready for ``generate`` or a forward pass outside training. Under
     ZeRO-3 its shards are gathered once for the whole block (not once per token or layer) and, when ``model`` is a
-    DeepSpeed engine, the engine's per-module fetch/release hooks are lifted meanwhile (a release after a forward
-    would re-partition the gathered weights). A model partitioned by ``zero.Init`` at load time, before any engine
-    exists, is gathered too. Collective under ZeRO-3: every process must enter it."""
+    DeepSpeed engine, the engine's per-module fetch/release hooks are lifted meanwhile (they would fetch and release
+    every layer at every forward). A model partitioned by ``zero.Init`` at load time, before any engine exists, has
+    no hooks and cannot run a forward at all until gathered. Collective under ZeRO-3: every process must enter it."""
     policy = actor_of(model, accelerator)
     parameters = list(policy.parameters())
     if not any(hasattr(parameter, "ds_id") for parameter in parameters):  # not partitioned by ZeRO-3
