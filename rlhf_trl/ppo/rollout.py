@@ -2,6 +2,8 @@
 
 Every backend has ``generate(prompt_ids, prompt_mask) -> completion_ids`` and ``sync_weights()``. The trainer only
 talks to this interface, so a faster engine can be plugged in without touching the PPO maths.
+``generate_with_logprobs`` also returns the actor's per-token log-probs of the sampled answer where the backend can
+read them from the logits it decoded with (the ``hf`` backend), which saves the actor's scoring forward.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 from transformers import GenerationConfig
+
+from rlhf_trl.ppo.losses import logprobs_from_logits
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +71,13 @@ class RolloutBackend(ABC):
         """prompt_ids, prompt_mask: [batch, prompt_len], left-padded. Returns the new tokens only:
         [batch, completion_len], padded on the right with the pad token after each sequence ends."""
 
+    def generate_with_logprobs(
+        self, prompt_ids: torch.LongTensor, prompt_mask: torch.LongTensor, temperature: float
+    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
+        """Like ``generate``, plus log-probs [batch, completion_len] of the sampled tokens at ``temperature`` from
+        the decoding logits, or None where the backend cannot give them (then the trainer runs a forward)."""
+        return self.generate(prompt_ids, prompt_mask), None
+
     def sync_weights(self) -> None:  # noqa: B027 - a no-op is right for backends that generate with the actor itself
         """Make the generation engine use the actor's latest weights (called after every PPO update)."""
 
@@ -79,6 +90,18 @@ class HFRollout(RolloutBackend):
 
     @torch.no_grad()
     def generate(self, prompt_ids, prompt_mask):
+        return self._generate(prompt_ids, prompt_mask, None)[0]
+
+    @torch.no_grad()
+    def generate_with_logprobs(self, prompt_ids, prompt_mask, temperature):
+        return self._generate(prompt_ids, prompt_mask, temperature)
+
+    def _generate(self, prompt_ids, prompt_mask, temperature: float | None):
+        """-> (completion ids, log-probs or None). ``temperature`` None: no log-probs asked for."""
+        # Raw logits (``output_logits``), not ``scores``: scores went through the logits processors (top-k/top-p
+        # set filtered tokens to -inf, temperature is already applied), while PPO's log-probs are
+        # log softmax(raw logits / temperature), as losses.logprobs_from_logits computes them from a forward.
+        extra = {"output_logits": True, "return_dict_in_generate": True} if temperature is not None else {}
         with gathered_policy(self.model, self.accelerator) as model:
             was_training = model.training
             model.eval()
@@ -90,6 +113,15 @@ class HFRollout(RolloutBackend):
                     attention_mask=prompt_mask,
                     generation_config=self.generation_config,
                     tokenizer=self.tokenizer,  # needed for stop_strings
+                    **extra,
                 )
             model.train(was_training)
-        return output[:, prompt_ids.shape[1] :]
+        if temperature is None:
+            return output[:, prompt_ids.shape[1] :], None
+        completion_ids = output.sequences[:, prompt_ids.shape[1] :]
+        if completion_ids.shape[1] == 0:
+            return completion_ids, None
+        # [batch, completion_len, vocab]: one logits row per generated token (the cost of skipping the forward is
+        # holding these until the log-probs are taken)
+        logits = torch.stack(output.logits, dim=1)
+        return completion_ids, logprobs_from_logits(logits, completion_ids, temperature)

@@ -304,8 +304,15 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
     @torch.no_grad()
     def generate(self, batch: dict) -> Rollout:
         """Sample completions for a batch of prompts; everything after the first EOS becomes padding."""
-        completion_ids = self.rollout.generate(batch["prompt_ids"], batch["prompt_mask"])
+        # Speed hook: log-probs from the decoding logits (rollout.py) spare score() the actor's forward.
+        if self.args.recompute_rollout_logprobs:
+            completion_ids, rollout_logprobs = self.rollout.generate(batch["prompt_ids"], batch["prompt_mask"]), None
+        else:
+            completion_ids, rollout_logprobs = self.rollout.generate_with_logprobs(
+                batch["prompt_ids"], batch["prompt_mask"], self.args.temperature
+            )
         if completion_ids.shape[1] == 0:  # every sequence stopped at once; keep one pad column so shapes hold
+            rollout_logprobs = None
             completion_ids = torch.full(
                 (completion_ids.shape[0], 1), self.tokenizer.pad_token_id, device=completion_ids.device
             )
@@ -320,6 +327,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             completion_ids=completion_ids,
             completion_mask=mask,
             completions=completions,
+            logprobs=rollout_logprobs.float() if rollout_logprobs is not None else None,
         )
 
     def _micro_batches(self, size: int, batch_size: int):
@@ -345,14 +353,17 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         for part in self._micro_batches(len(rollout), args.micro_batch_size):
             ids, mask, positions = input_ids[part], attention_mask[part], position_ids[part]
             completion = rollout.completion_ids[part]
-            logits, value = self.model(ids, mask, positions)
-            logprobs.append(completion_logprobs(logits, completion, prompt_length, args.temperature))
+            # Speed hook: no actor forward when generation gave the log-probs (recompute_rollout_logprobs off).
+            logits, value = self.model(ids, mask, positions, with_logits=rollout.logprobs is None)
+            if logits is not None:
+                logprobs.append(completion_logprobs(logits, completion, prompt_length, args.temperature))
             values.append(completion_values(value, prompt_length))
             ref_logits = self._reference_logits(ids, mask, positions)
             ref_logprobs.append(completion_logprobs(ref_logits, completion, prompt_length, args.temperature))
             del logits, ref_logits
         self.model.train()
-        rollout.logprobs, rollout.ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
+        rollout.logprobs = torch.cat(logprobs) if logprobs else rollout.logprobs
+        rollout.ref_logprobs = torch.cat(ref_logprobs)
         rollout.values = torch.cat(values).float()  # GAE sums over the whole answer: bf16 would lose precision
 
         completions = as_completions(rollout.prompts, rollout.completions)
