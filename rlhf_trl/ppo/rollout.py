@@ -8,6 +8,7 @@ read them from the logits it decoded with (the ``hf`` backend), which saves the 
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from contextlib import contextmanager, nullcontext
@@ -101,7 +102,10 @@ class HFRollout(RolloutBackend):
         # Raw logits (``output_logits``), not ``scores``: scores went through the logits processors (top-k/top-p
         # set filtered tokens to -inf, temperature is already applied), while PPO's log-probs are
         # log softmax(raw logits / temperature), as losses.logprobs_from_logits computes them from a forward.
-        extra = {"output_logits": True, "return_dict_in_generate": True} if temperature is not None else {}
+        config = self.generation_config
+        if temperature is not None:
+            config = copy.deepcopy(config)
+            config.output_logits, config.return_dict_in_generate = True, True
         with gathered_policy(self.model, self.accelerator) as model:
             was_training = model.training
             model.eval()
@@ -111,9 +115,8 @@ class HFRollout(RolloutBackend):
                 output = model.generate(
                     input_ids=prompt_ids,
                     attention_mask=prompt_mask,
-                    generation_config=self.generation_config,
+                    generation_config=config,
                     tokenizer=self.tokenizer,  # needed for stop_strings
-                    **extra,
                 )
             model.train(was_training)
         if temperature is None:
