@@ -124,7 +124,10 @@ class HFRollout(RolloutBackend):
         completion_ids = output.sequences[:, prompt_ids.shape[1] :]
         if completion_ids.shape[1] == 0:
             return completion_ids, None
-        # [batch, completion_len, vocab]: one logits row per generated token (the cost of skipping the forward is
-        # holding these until the log-probs are taken)
-        logits = torch.stack(output.logits, dim=1)
-        return completion_ids, logprobs_from_logits(logits, completion_ids, temperature)
+        # One [batch, vocab] logits tensor per generated token: taken step by step, so no [batch, length, vocab]
+        # copy is made (the price of skipping the forward is holding these logits until generation ends).
+        logprobs = [
+            logprobs_from_logits(step_logits[:, None], completion_ids[:, step : step + 1], temperature)
+            for step, step_logits in enumerate(output.logits)
+        ]
+        return completion_ids, torch.cat(logprobs, dim=1)
