@@ -127,3 +127,24 @@ def test_pad_share_counts_masked_positions():
     masks = [torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]), torch.tensor([[0, 0, 1, 1]])]
     assert pad_share(masks) == pytest.approx(3 / 12)
     assert pad_share([]) == 0.0
+
+
+@pytest.mark.parametrize("recompute", [True, False])
+def test_trainer_scores_packed_like_padded(tmp_path, tiny_base_dir, tiny_reward_dir, recompute):
+    import ppo_helpers
+
+    trainer = ppo_helpers.build(
+        tmp_path, tiny_base_dir, tiny_reward_dir, max_steps=1, num_mini_batches=1, recompute_rollout_logprobs=recompute
+    )
+    rollout = trainer.generate(trainer.next_batch())
+    from_generation = rollout.logprobs
+    trainer.score(rollout)
+    padded = (rollout.logprobs.clone(), rollout.ref_logprobs.clone(), rollout.values.clone())
+    rollout.logprobs = from_generation
+    trainer.args.max_tokens_per_micro_batch = 40  # several packed micro-batches
+    trainer.score(rollout)
+    real = rollout.completion_mask.bool()
+    for packed_values, padded_values in zip((rollout.logprobs, rollout.ref_logprobs, rollout.values), padded):
+        torch.testing.assert_close(packed_values[real], padded_values[real], atol=1e-5, rtol=1e-5)
+    trainer.compute_advantages(rollout)
+    assert trainer.update(rollout)["policy/ratio_max"] < 1.01

@@ -147,3 +147,33 @@ def pad_share(attention_masks: list[torch.Tensor]) -> float:
     total = sum(mask.numel() for mask in attention_masks)
     real = sum(int(mask.sum()) for mask in attention_masks)
     return 1.0 - real / total if total else 0.0
+
+
+def score_packed(model, reference_logits, rollout, temperature: float, max_tokens: int, mask_dtype: torch.dtype):
+    """The scoring forwards of a rollout without pad tokens: (actor log-probs [B, C] or None, reference log-probs
+    [B, C], values [B, C]) in the rollout's padded layout, 0 past each answer's end.
+
+    ``model``: the PolicyAndValueWrapper as prepared (called ``model(ids, mask, positions, with_logits=...)``);
+    the actor forward is skipped when ``rollout.logprobs`` is already set (log-probs from generation).
+    ``reference_logits``: ``f(ids, mask, positions) -> logits``. Micro-batches hold at most ``max_tokens`` tokens.
+    """
+    lengths = (rollout.prompt_mask.sum(1) + rollout.completion_mask.sum(1)).tolist()
+    width = rollout.completion_ids.shape[1]
+    with_logits = rollout.logprobs is None
+    logprobs = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
+    ref_logprobs, values = torch.zeros_like(logprobs), torch.zeros_like(logprobs)
+    for indices in token_budget_micro_batches(lengths, max_tokens):
+        packed = pack_rollout(
+            rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask, indices,
+            mask_dtype,
+        )  # fmt: skip
+        index = torch.tensor(indices, device=logprobs.device)
+        answers = rollout.completion_ids[index]
+        logits, value = model(packed.input_ids, packed.attention_mask, packed.position_ids, with_logits=with_logits)
+        if logits is not None:
+            logprobs[index] = packed_completion_logprobs(logits, packed, answers, temperature).float()
+        values[index] = packed_completion_values(value, packed, width).float()
+        del logits
+        ref = reference_logits(packed.input_ids, packed.attention_mask, packed.position_ids)
+        ref_logprobs[index] = packed_completion_logprobs(ref, packed, answers, temperature).float()
+    return (logprobs if with_logits else None), ref_logprobs, values

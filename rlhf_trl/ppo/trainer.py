@@ -24,7 +24,7 @@ from transformers import GenerationConfig
 
 from rlhf_trl.chat import as_completions, completion_texts, encode_prompts, is_conversation
 from rlhf_trl.ppo import checkpoint as checkpoints
-from rlhf_trl.ppo import losses
+from rlhf_trl.ppo import losses, packing
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.distributed import DistributedSetupMixin
 from rlhf_trl.ppo.experience import PromptSampler, Rollout, ScoreNormalizer
@@ -350,7 +350,15 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         prompt_length = rollout.prompt_ids.shape[1]
         logprobs, ref_logprobs, values = [], [], []
         self.model.eval()
-        for part in self._micro_batches(len(rollout), args.micro_batch_size):
+        # Speed hook: padding-free scoring (packing.py) replaces the padded micro-batches below.
+        packed = args.max_tokens_per_micro_batch is not None
+        if packed:
+            actor, reference, value = packing.score_packed(
+                self.model, self._reference_logits, rollout, args.temperature, args.max_tokens_per_micro_batch,
+                self.policy.dtype,
+            )  # fmt: skip
+            logprobs, ref_logprobs, values = [actor] if actor is not None else [], [reference], [value]
+        for part in self._micro_batches(0 if packed else len(rollout), args.micro_batch_size):
             ids, mask, positions = input_ids[part], attention_mask[part], position_ids[part]
             completion = rollout.completion_ids[part]
             # Speed hook: no actor forward when generation gave the log-probs (recompute_rollout_logprobs off).
