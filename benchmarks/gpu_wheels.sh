@@ -54,14 +54,20 @@ if [[ $dry_run -eq 1 ]]; then
     exit 0
 fi
 mkdir -p "$dest"
+failed=()
 for pin in "${wanted[@]}"; do
     name=$(echo "${pin%%==*}" | tr 'A-Z_' 'a-z-')
     if [[ "$name" == deepspeed ]]; then
-        "$python" -m pip wheel --quiet --no-deps "$pin" -w "$dest"
+        "$python" -m pip wheel --quiet --no-deps "$pin" -w "$dest" || failed+=("$pin")
         continue
     fi
+    # manylinux_2_24: bitsandbytes publishes only that tag
     "$python" -m pip download --quiet --no-deps --only-binary=:all: --python-version "$python_version" \
-        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 -d "$dest" "$pin"
+        --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 \
+        --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d "$dest" "$pin" || failed+=("$pin")
 done
 du -sh "$dest"
+if [[ ${#failed[@]} -gt 0 ]]; then
+    echo "gpu_wheels.sh: no wheel for: ${failed[*]}" >&2
+    exit 1
+fi

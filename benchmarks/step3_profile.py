@@ -13,8 +13,9 @@ Workloads:
 
     PYTHONPATH=. python benchmarks/step3_profile.py --workload shared --workload demo --output-json /tmp/p.json
 
-Each workload runs with the actor's scoring forward (``recompute_rollout_logprobs: true``) and without it (log-probs
-taken from generation). Prints a markdown section; ``--append BENCHMARKS.md`` appends it.
+Each workload runs three ways: with the actor's scoring forward (``recompute_rollout_logprobs: true``, the old
+path), with log-probs taken from generation, and with that plus padding-free packed scoring
+(``max_tokens_per_micro_batch``). Prints a markdown section; ``--append BENCHMARKS.md`` appends it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ from rlhf_trl.bench import Preset, append_section, build_models, build_tokenizer
 from rlhf_trl.bench import device_description as bench_device_description
 
 WORKLOADS = ("shared", "demo")
+# (recompute_rollout_logprobs, packed?): as before; log-probs from generation; and packed scoring too.
+VARIANTS = ((True, False), (False, False), (False, True))
+# Token budget of a packed micro-batch, about four samples: the 4D mask makes attention cost grow with the square
+# of the packed row, so long rows would trade pad tokens for masked-out attention scores.
+PACKED_TOKENS = {"shared": 512, "demo": 128}
 PHASES = ("generation", "scoring", "training")
 
 
@@ -131,7 +137,7 @@ def generation_pad_shares(rollout) -> dict[str, float]:
     }
 
 
-def build_shared_trainer(recompute: bool, generation_kwargs: dict | None, workdir: Path):
+def build_shared_trainer(recompute: bool, generation_kwargs: dict | None, workdir: Path, max_tokens: int | None):
     from datasets import Dataset
 
     from rlhf_trl.ppo.config import PPOConfig
@@ -146,6 +152,7 @@ def build_shared_trainer(recompute: bool, generation_kwargs: dict | None, workdi
         max_prompt_length=preset.prompt_length, max_new_tokens=preset.answer_length,
         min_new_tokens=preset.answer_length, bf16=False, use_cpu=not torch.cuda.is_available(), report_to="none",
         save_steps=0, seed=0, recompute_rollout_logprobs=recompute, generation_kwargs=generation_kwargs,
+        max_tokens_per_micro_batch=max_tokens,
     )  # fmt: skip
     prompts = random_prompts(tokenizer, steps * preset.batch_size, preset.prompt_length, seed=0)
     trainer = PPOTrainer(
@@ -155,7 +162,9 @@ def build_shared_trainer(recompute: bool, generation_kwargs: dict | None, workdi
     return trainer, preset.warmup_steps, preset.steps, reward
 
 
-def build_demo_trainer(recompute: bool, generation_kwargs: dict | None, workdir: Path, sft_model, reward_model):
+def build_demo_trainer(
+    recompute: bool, generation_kwargs: dict | None, workdir: Path, sft_model, reward_model, max_tokens: int | None
+):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -177,6 +186,7 @@ def build_demo_trainer(recompute: bool, generation_kwargs: dict | None, workdir:
         num_mini_batches=2, num_ppo_epochs=2, max_prompt_length=16, max_new_tokens=12, temperature=1.0,
         bf16=False, use_cpu=not torch.cuda.is_available(), report_to="none", save_steps=0, seed=42,
         recompute_rollout_logprobs=recompute, generation_kwargs=generation_kwargs,
+        max_tokens_per_micro_batch=max_tokens,
     )  # fmt: skip
     trainer = PPOTrainer(
         args=config, processing_class=tokenizer, model=actor, value_model=critic, reward_model=reward,
@@ -237,22 +247,35 @@ def run(options: argparse.Namespace) -> list[dict]:
     results = []
     generation_kwargs = json.loads(options.generation_kwargs) if options.generation_kwargs else None
     for workload in options.workload:
-        for recompute in (True, False):
+        for recompute, packed in VARIANTS:
+            max_tokens = PACKED_TOKENS[workload] if packed else None
             torch.manual_seed(0)
             workdir = Path(tempfile.mkdtemp(prefix=f"step3-profile-{workload}-"))
             if workload == "shared":
-                built = build_shared_trainer(recompute, generation_kwargs, workdir)
+                built = build_shared_trainer(recompute, generation_kwargs, workdir, max_tokens)
             else:
                 built = build_demo_trainer(
-                    recompute, generation_kwargs, workdir, options.sft_model, options.reward_model
+                    recompute, generation_kwargs, workdir, options.sft_model, options.reward_model, max_tokens
                 )
             result = profile(*built)
             result.update(
-                {"workload": workload, "recompute_rollout_logprobs": recompute, "generation_kwargs": generation_kwargs}
+                {
+                    "workload": workload,
+                    "recompute_rollout_logprobs": recompute,
+                    "max_tokens_per_micro_batch": max_tokens,
+                    "generation_kwargs": generation_kwargs,
+                }
             )
             results.append(result)
             print(json.dumps(result), file=sys.stderr)
     return results
+
+
+def variant_label(result: dict) -> str:
+    label = "actor forward" if result["recompute_rollout_logprobs"] else "log-probs from generation"
+    if result.get("max_tokens_per_micro_batch"):
+        label += f", packed scoring ({result['max_tokens_per_micro_batch']} tokens)"
+    return label
 
 
 def format_section(results: list[dict], command: str, device: str, when: datetime.datetime, note: str) -> str:
@@ -264,25 +287,25 @@ def format_section(results: list[dict], command: str, device: str, when: datetim
         "- Pad share: positions of a forward that hold pad tokens (load-independent); decode waste: decode-step "
         "slots spent on answers that had already ended.",
         "",
-        "| workload | actor scoring forward | step s | generation s | scoring s | training s | prefill pad | "
+        "| workload | variant | step s | generation s | scoring s | training s | prefill pad | "
         "decode waste | mean answer / width |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for result in results:
         phases, generation = result["phase_s"], result["generation"]
         lines.append(
-            f"| {result['workload']} | {'yes' if result['recompute_rollout_logprobs'] else 'no (from generation)'} | "
+            f"| {result['workload']} | {variant_label(result)} | "
             f"{result['step_s']:.2f} | {phases['generation']:.2f} | {phases['scoring']:.2f} | "
             f"{phases['training']:.2f} | {generation['prefill_pad_share']:.1%} | "
             f"{generation['decode_wasted_share']:.1%} | {generation['mean_answer_tokens']:.1f} / "
             f"{generation['answer_width']:.0f} |"
         )
-    lines += ["", "| workload | actor scoring forward | phase | model | forwards/step | s/step | pad share |"]
+    lines += ["", "| workload | variant | phase | model | forwards/step | s/step | pad share |"]
     lines.append("|---|---|---|---|---|---|---|")
     for result in results:
         for row in result["forwards"]:
             lines.append(
-                f"| {result['workload']} | {'yes' if result['recompute_rollout_logprobs'] else 'no'} | {row['phase']} "
+                f"| {result['workload']} | {variant_label(result)} | {row['phase']} "
                 f"| {row['model']} | {row['forwards']:.0f} | {row['seconds']:.3f} | {row['pad_share']:.1%} |"
             )
     return "\n".join(lines) + "\n"
