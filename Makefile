@@ -1,21 +1,49 @@
-# The front door. `make demo` and `make test` work on a fresh clone: they create .venv, install CPU torch first
-# (a bare torch requirement would pull several GB of CUDA packages), then the project.
+# The front door. `make demo` and `make test` work on a fresh clone: they create .venv and install the exact versions
+# in constraints.txt (the lock: every direct and transitive dependency, tested together), CPU torch first (a bare
+# torch requirement would pull several GB of CUDA packages), then the project.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LOCK := constraints.txt
+# CPU torch: the newest CPU build this project can install (PyPI's newer torch releases are CUDA builds).
 TORCH_VERSION ?= 2.13.0
 OUTPUT_DIR ?= outputs/demo
+LATEST_VENV ?= .venv-latest
+LOCK_VENV ?= .venv-lock
 
-.PHONY: install demo test test-fast test-gpu bench bench-memory lint clean
+.PHONY: install check-lock lock demo test test-fast test-latest test-gpu bench bench-memory lint clean
 
-$(VENV)/.installed: pyproject.toml
+check-lock:
+	@$(PYTHON) .ci/lock.py check
+
+# check-lock is order-only: it runs on every install but does not by itself force a reinstall.
+$(VENV)/.installed: pyproject.toml $(LOCK) | check-lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -c $(LOCK) torch
+	$(PY) -m pip install --quiet -c $(LOCK) -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed
+
+# Refresh the lock: the newest versions pyproject.toml's ranges allow, installed into a clean venv, then pinned.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(LOCK_VENV)/bin/python -m pip install --quiet ".[dev]"
+	$(LOCK_VENV)/bin/python -m pip freeze --exclude rlhf-trl > $(LOCK_VENV)/freeze.txt
+	$(PYTHON) .ci/lock.py write $(LOCK_VENV)/freeze.txt
+	rm -rf $(LOCK_VENV)
+
+# The fast tests against the newest versions the ranges allow (torch stays the CPU build above), in their own venv.
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install --quiet torch==$(TORCH_VERSION)
+	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pip freeze --exclude rlhf-trl > $(LATEST_VENV)/versions.txt
+	@echo "versions under test: $(LATEST_VENV)/versions.txt"
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 demo: install
 	$(VENV)/bin/rlhf-trl e2e --recipe tiny --deployment-type cpu --output-dir $(OUTPUT_DIR) --overwrite_output_dir
@@ -40,4 +68,4 @@ lint: install
 	$(VENV)/bin/ruff format --check rlhf_trl tests
 
 clean:
-	rm -rf $(VENV) outputs
+	rm -rf $(VENV) $(LATEST_VENV) $(LOCK_VENV) outputs

@@ -376,14 +376,15 @@ def largest_fitting(candidates: list[str], fits: Callable[[str], bool]) -> tuple
 
 def trial_command(size: str, mode: str, result_path: Path, lora_rank: int, batch_size: int) -> list[str]:
     """One single-GPU trial of ``size`` in its own process (an out-of-memory error must not poison the search)."""
-    from rlhf_trl.launch import CONFIG_DIR, config_for_deployment, launch_command
+    from rlhf_trl.launch import config_for_deployment, launch_command
+    from rlhf_trl.resources import accelerate_config
 
     bench_args = [
         "--preset", size, "--steps", "1", "--warmup-steps", "0", "--batch-size", str(batch_size), "--bf16",
         "--no-append", "--lora-rank", str(lora_rank), "--result-json", str(result_path),
     ]  # fmt: skip
     if mode == "lora-zero3-offload":
-        config = CONFIG_DIR / "zero3_offload.yaml"
+        config = accelerate_config("zero3_offload")
     elif mode == "lora-8bit":
         config, bench_args = config_for_deployment("single_gpu", None), [*bench_args, "--load-in-8bit"]
     else:

@@ -31,7 +31,6 @@ from pathlib import Path
 STEPS = ("sft", "reward", "ppo")
 MODES = {"full": "{step}.yaml", "8bit-lora": "{step}-8bit-lora.yaml"}
 SIZES = ("tiny", "opt-125m", "opt-350m")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes" / "tiny"
 # The first argument that turns this module into the measuring child (see run_child); not meant for users.
 CHILD_FLAG = "--measure-child"
 PEAK_FIELDS = ("peak_rss_mib", "train_peak_rss_mib", "cuda_peak_allocated_mib", "cuda_train_peak_allocated_mib")
@@ -239,7 +238,9 @@ def build_models(size: str, folder: Path) -> dict:
 def script_arguments(step: str, mode: str, models: dict, output_dir: Path, options: argparse.Namespace) -> list[str]:
     """Flags of one run: the recipe, the built models, and a short run (evaluation on one record, no plots or gold
     scoring, one optimizer step per PPO step so that --steps means the same in every step)."""
-    recipe = RECIPES_DIR / MODES[mode].format(step=step)
+    from rlhf_trl.resources import recipe_dir
+
+    recipe = recipe_dir("tiny") / MODES[mode].format(step=step)
     model = models["classifier" if step == "reward" else "causal_lm"]["path"]
     arguments = [
         "--config", str(recipe), "--model_name_or_path", model, "--output_dir", str(output_dir),

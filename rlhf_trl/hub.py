@@ -1,7 +1,10 @@
 """Push a step's output folder to the Hugging Face Hub: ``rlhf-trl push DIR --hub_model_id user/name``.
 
-The folder is never modified: what is uploaded is assembled in a temporary folder (links to the checkpoint's files,
-a freshly written model card, and with ``--merge_lora`` the adapter merged into its base model). A failed upload
+The folder is never modified: what is uploaded is assembled in a temporary folder (links to an allow-list of the
+checkpoint's files: weights, configs, tokenizer, metrics and plots; a redacted copy of run_info.json; a freshly
+written model card; with ``--merge_lora`` the adapter merged into its base model). Trainer checkpoints, tracker
+logs, evaluation outputs and ``training_args.bin`` stay local, and links pointing out of the folder are not
+followed. The files sent and those kept local are printed. A failed upload
 raises ``HubPushError`` with one line saying what failed; the local checkpoint stays byte-identical.
 The Hub address comes from ``HF_ENDPOINT`` (default https://huggingface.co) and the token from ``token=``, the
 ``HF_TOKEN`` variable or ``hf auth login``.
@@ -15,31 +18,96 @@ import os
 import shutil
 import sys
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 
-from rlhf_trl.model_card import write_model_card
+from rlhf_trl.model_card import read_run_info, redact_run_info, write_model_card
 
-__all__ = ["HubPushError", "push_to_hub", "stage_for_upload", "write_model_card"]
+__all__ = ["HubPushError", "is_uploadable", "push_to_hub", "select_files", "stage_for_upload", "write_model_card"]
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+# What a model repository needs, and nothing else: a step's folder also holds trainer checkpoints, tracker logs
+# (wandb/), evaluation outputs on private data and training_args.bin, none of which may leave the machine.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model-*-of-*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model-*-of-*.bin",
+    "pytorch_model.bin.index.json",
+    *ADAPTER_FILES,
+)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+LINEAGE_FILES = ("metrics.jsonl",)  # run_info.json and README.md are written fresh (redacted) into the upload
+SUB_MODELS = ("critic", "ema")  # PPO saves its critic and EMA actor in these subfolders
+PLOT_SUFFIXES = (".png", ".svg")
 
 
 class HubPushError(RuntimeError):
     """The push did not happen or did not complete; the message is one line."""
 
 
-def _is_skipped(relative: Path) -> bool:
-    """Trainer checkpoints (``checkpoint-*``) and hidden files stay local: they are for resuming, not sharing."""
-    return any(part.startswith(".") or part.startswith("checkpoint-") for part in relative.parts)
+def is_uploadable(relative: Path) -> bool:
+    """The allow-list: model, config and tokenizer files (also of PPO's critic/ and ema/), metrics and plots."""
+    parts = relative.parts
+    name = relative.name
+    if len(parts) == 1:
+        return any(fnmatch(name, pattern) for pattern in (*MODEL_FILES, *TOKENIZER_FILES, *LINEAGE_FILES))
+    if len(parts) == 2 and parts[0] in SUB_MODELS:
+        return any(fnmatch(name, pattern) for pattern in (*MODEL_FILES, *TOKENIZER_FILES))
+    return len(parts) == 2 and parts[0] == "plots" and name.endswith(PLOT_SUFFIXES)
 
 
-def link_files(source: Path, destination: Path, exclude: tuple[str, ...] = ()) -> None:
-    """Mirror the files of ``source`` into ``destination`` as symbolic links (copies where links are refused);
-    files named in ``exclude`` or already present in ``destination`` are left out."""
-    for path in sorted(source.rglob("*")):
-        relative = path.relative_to(source)
-        if path.is_dir() or _is_skipped(relative) or relative.as_posix() in exclude:
-            continue
+def select_files(output_dir: Path) -> tuple[list[Path], list[str]]:
+    """Files of ``output_dir`` to upload (relative paths) and what is left out (top-level names, one line each).
+
+    Links are followed only when they stay inside the folder; linked folders are not entered."""
+    root = output_dir.resolve()
+    chosen, left_out = [], set()
+    for directory, folders, files in os.walk(output_dir, followlinks=False):
+        base = Path(directory)
+        for name in folders:
+            if (base / name).is_symlink():
+                left_out.add(f"{(base / name).relative_to(output_dir).as_posix()}/ (a link)")
+        for name in sorted(files):
+            path = base / name
+            relative = path.relative_to(output_dir)
+            if relative.as_posix() in ("README.md", "run_info.json"):
+                continue
+            if not is_uploadable(relative):
+                if relative.parts[0].startswith("."):
+                    continue  # the lock and temporary folders: not worth a mention
+                top = relative.parts[0] + ("/" if len(relative.parts) > 1 else "")
+                left_out.add(top)
+                continue
+            resolved = path.resolve()
+            if not resolved.is_file() or not resolved.is_relative_to(root):
+                left_out.add(f"{relative.as_posix()} (a link out of the folder)")
+                continue
+            chosen.append(relative)
+    return sorted(chosen), sorted(left_out)
+
+
+def link_files(source: Path, destination: Path, files: list[Path]) -> None:
+    """Mirror ``files`` of ``source`` into ``destination`` as symbolic links (copies where links are refused);
+    files already present in ``destination`` are left out."""
+    for relative in files:
+        path = source / relative
         target = destination / relative
         if target.exists():
             continue
@@ -78,15 +146,21 @@ def stage_for_upload(output_dir: str | Path, staging_root: str | Path, merge_lor
     ``merge_lora`` an adapter folder is replaced by the merged full model.
     """
     output_dir = Path(output_dir)
-    staging = Path(staging_root) / output_dir.name
+    # Named after the folder the user means ("." has no name of its own).
+    staging = Path(staging_root) / (output_dir.resolve().name or "upload")
     staging.mkdir(parents=True)
+    files, _ = select_files(output_dir)
     merged = False
     if merge_lora:
         if not (output_dir / "adapter_config.json").is_file():
             raise HubPushError(f"--merge_lora: {output_dir} holds no LoRA adapter (no adapter_config.json)")
         merge_adapter(output_dir, staging)
         merged = True
-    link_files(output_dir, staging, exclude=(*ADAPTER_FILES, "README.md") if merged else ("README.md",))
+        files = [path for path in files if path.as_posix() not in ADAPTER_FILES]
+    link_files(output_dir, staging, files)
+    run_info = read_run_info(output_dir)
+    if run_info is not None:
+        (staging / "run_info.json").write_text(json.dumps(redact_run_info(run_info), indent=2, default=str))
     write_model_card(staging, merged_from_adapter=merged)
     return staging
 
@@ -126,6 +200,11 @@ def push_to_hub(
             raise
         except Exception as error:  # model loading or merging: report it in one line, keep the chain for debugging
             raise HubPushError(f"could not prepare {output_dir} for upload: {_one_line(error)}") from error
+        sent = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if not path.is_dir())
+        _, left_out = select_files(output_dir)
+        print(f"uploading to {hub_model_id}: {', '.join(sent)}")
+        if left_out:
+            print(f"kept local (not uploaded): {', '.join(left_out)}")
         api = HfApi(endpoint=endpoint, token=token)
         try:
             repo_url = api.create_repo(hub_model_id, private=private, exist_ok=True, repo_type="model")

@@ -10,13 +10,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "accelerate_configs"
+from rlhf_trl.resources import accelerate_config
+
 DEPLOYMENT_TYPES = ("cpu", "single_gpu", "single_node", "multi_node")
 
 # (deployment type, ZeRO stage) -> config file name. Stage None/0 means no DeepSpeed, except on multi-node, which
 # always runs DeepSpeed's launcher (stage 0 there) and takes the stage on the launch command line.
 _CONFIG_NAMES = {
-    ("cpu", None): "cpu.yaml",
+    ("cpu", None): "cpu.yaml",  # names of files shipped in rlhf_trl/accelerate_configs
     ("cpu", 2): "zero2_cpu.yaml",
     ("cpu", 3): "zero3_cpu.yaml",
     ("single_gpu", None): "single_gpu.yaml",
@@ -35,7 +36,7 @@ _CONFIG_NAMES = {
 
 
 def config_for_deployment(deployment_type: str, zero_stage: int | None) -> Path:
-    """Path of the accelerate config for ``deployment_type`` and a step's ZeRO stage (None or 0: no DeepSpeed).
+    """Path of the shipped accelerate config for ``deployment_type`` and a step's ZeRO stage (None or 0: no DeepSpeed).
 
     ``multi_node`` has one config for every stage: pass the stage to ``launch_command``, which overrides it.
     Raises ValueError for an unknown deployment type or a stage that deployment does not offer.
@@ -50,7 +51,7 @@ def config_for_deployment(deployment_type: str, zero_stage: int | None) -> Path:
             f"ZeRO stage {zero_stage} is not offered for deployment type {deployment_type!r}; use none/0 or one of "
             f"{', '.join(offered)} (ZeRO-1 brings nothing on one CPU process, so cpu offers 2 and 3)."
         )
-    return CONFIG_DIR / name
+    return accelerate_config(name)
 
 
 def default_num_processes(deployment_type: str) -> int | None:

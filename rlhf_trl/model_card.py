@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from rlhf_trl.redaction import redact_command, redact_mapping
+
 STEP_TITLES = {
     "sft": "supervised fine-tuning (step 1)",
     "reward": "reward model training (step 2)",
@@ -65,12 +67,28 @@ def read_run_info(folder: Path) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def redact_run_info(run_info: dict) -> dict:
+    """run_info with secrets hidden, also when it was written by a version that recorded them."""
+    cleaned = redact_mapping(run_info)
+    if isinstance(cleaned.get("command"), str):
+        cleaned["command"] = redact_command(cleaned["command"])
+    return cleaned
+
+
 def _value(value) -> str:
+    """A table cell: user text cannot end the row, start a new one, or open HTML."""
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value).replace("|", "\\|")
+    text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    text = " ".join(text.split("\n"))
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+
+
+def code_block(text: str, language: str = "") -> list[str]:
+    """``text`` in a fenced block whose fence is longer than any run of backticks inside, so it cannot end early."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + language, text, fence]
 
 
 def _table(rows: dict) -> list[str]:
@@ -117,6 +135,7 @@ def render_model_card(folder: str | Path, merged_from_adapter: bool = False) -> 
     """The README.md text for the checkpoint in ``folder`` (which may lack run_info.json: the card then says so)."""
     folder = Path(folder)
     run_info = read_run_info(folder)
+    run_info = redact_run_info(run_info) if run_info is not None else None
     is_adapter = (folder / "adapter_config.json").is_file()
     step = (run_info or {}).get("step_name")
     metadata = yaml.safe_dump(front_matter(run_info, is_adapter), sort_keys=False, allow_unicode=True)
@@ -161,7 +180,7 @@ def render_model_card(folder: str | Path, merged_from_adapter: bool = False) -> 
     if plots:
         lines += ["## Training curves", ""] + [f"![{path.stem}](plots/{path.name})" for path in plots] + [""]
     if run_info.get("command"):
-        lines += ["## Command", "", "```bash", str(run_info["command"]), "```", ""]
+        lines += ["## Command", "", *code_block(str(run_info["command"]), "bash"), ""]
     lines += ["## Usage", "", *usage_snippet(step, is_adapter and not merged_from_adapter), ""]
     return "\n".join(lines)
 

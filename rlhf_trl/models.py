@@ -127,3 +127,58 @@ def check_same_vocabulary(tokenizer, other_tokenizer, what: str) -> None:
         f"{len(differing)} differ, e.g. {differing[:3]}); it reads the actor's token ids, so it needs the actor's "
         "tokenizer (initialise it from a reward model trained on the actor's base)"
     )
+
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+)
+
+
+def model_folder_problem(folder: str | Path, needs_tokenizer: bool = False) -> str | None:
+    """What is wrong with a local model folder, as a phrase naming the file, or None. Checked before loading so a
+    damaged copy fails in a second with the file's name, not deep inside from_pretrained.
+
+    Looks at: config.json is JSON; every ``*.safetensors`` file is complete (its header's tensors end exactly at the
+    end of the file, which a truncated copy cannot fake); shards named by a ``*.safetensors.index.json`` exist; and,
+    when ``needs_tokenizer``, that some tokenizer file is there."""
+    import json
+    import struct
+
+    folder = Path(folder)
+    config = folder / "config.json"
+    if config.is_file():
+        try:
+            json.loads(config.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            return f"{config} is not valid JSON ({error})"
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            return f"{index} is not a valid weights index ({type(error).__name__}: {error})"
+        missing = sorted(shard for shard in shards if not (folder / shard).is_file())
+        if missing:
+            return f"{index} names weight files that are missing: {', '.join(missing)}"
+    for weights in sorted(folder.glob("*.safetensors")):
+        size = weights.stat().st_size
+        with weights.open("rb") as handle:
+            head = handle.read(8)
+            header_length = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            if header_length is None or 8 + header_length > size:
+                return f"{weights} is truncated or not a safetensors file ({size} bytes)"
+            try:
+                header = json.loads(handle.read(header_length))
+                tensors = [entry for key, entry in header.items() if key != "__metadata__"]
+                end = max((entry["data_offsets"][1] for entry in tensors), default=0)
+            except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
+                return f"{weights} has a damaged header"
+        if 8 + header_length + end != size:
+            return f"{weights} is truncated or damaged: {size} bytes, its header describes {8 + header_length + end}"
+    if needs_tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return f"{folder} has no tokenizer files (no {' or '.join(TOKENIZER_FILES[:2])}): save the tokenizer there"
+    return None

@@ -8,6 +8,7 @@ two trainers unchanged. For conversational prompts (message lists) each completi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -100,8 +101,29 @@ class RewardModelScorer:
         return self.score(prompts, completions).tolist()
 
 
+def first_invalid_score(total: torch.Tensor, parts: dict[str, torch.Tensor], prompts: Sequence) -> str | None:
+    """A one-line description of the first sample whose ``total`` score is NaN/inf, naming the source(s) with a
+    non-finite part there, the sample and its prompt; None when every total is finite. ``parts`` are
+    {source name: [B] scores} as CombinedReward returns them (NaN there may also mean "not applicable")."""
+    bad = (~torch.isfinite(total)).nonzero().flatten().tolist()
+    if not bad:
+        return None
+    index = bad[0]
+    sources = [(name, scores[index].item()) for name, scores in parts.items() if not math.isfinite(scores[index])]
+    if math.isinf(total[index]):  # only an infinite part makes the total infinite (NaN there may be a None)
+        sources = [(name, value) for name, value in sources if math.isinf(value)]
+    named = " or ".join(f"{name} returned {value}" for name, value in sources) or f"the total is {total[index].item()}"
+    prompt = str(prompts[index]) if index < len(prompts) else ""
+    shown = prompt if len(prompt) <= 60 else prompt[:57] + "..."
+    more = f" and {len(bad) - 1} more sample(s)" if len(bad) > 1 else ""
+    return f"reward source {named} for sample {index} (prompt {shown!r}){more}"
+
+
 class CombinedReward:
-    """Weighted sum of reward sources. A function returning None for a sample contributes 0 for it."""
+    """Weighted sum of reward sources. A function returning None for a sample contributes 0 to the total (TRL's
+    meaning: the function does not apply to that sample; its part shows NaN there). A NaN or inf value makes the
+    sample's total NaN/inf, so the caller sees and refuses it (see ``first_invalid_score``) instead of training on a
+    silently replaced value."""
 
     def __init__(self, functions: Sequence[Callable], weights: Sequence[float] | None = None):
         if not functions:
@@ -116,7 +138,7 @@ class CombinedReward:
         return [getattr(function, "__name__", type(function).__name__) for function in self.functions]
 
     def __call__(self, prompts, completions, **columns) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Returns (total [B], {name: per-source scores [B]}).
+        """Returns (total [B], {name: per-source scores [B]}); a sample's total is NaN/inf when a source gave one.
 
         Every source gets TRL's forms: for conversational prompts, ``prompts`` are message lists and each
         completion is a list of one assistant message; for plain prompts both are strings.
@@ -128,6 +150,7 @@ class CombinedReward:
             if len(values) != len(prompts):
                 raise ValueError(f"reward function {name} returned {len(values)} values for {len(prompts)} samples")
             scores = torch.tensor([float("nan") if value is None else float(value) for value in values])
-            parts[name] = scores
-            total += weight * torch.nan_to_num(scores, nan=0.0)
+            not_applicable = torch.tensor([value is None for value in values], dtype=torch.bool)
+            parts[name] = scores  # NaN where the source does not apply (None)
+            total += weight * torch.where(not_applicable, 0.0, scores)
         return total, parts

@@ -14,13 +14,14 @@ from accelerate.commands.config.config_args import ClusterConfig, load_config_fr
 from accelerate.utils import DeepSpeedPlugin, DistributedType
 
 from rlhf_trl.launch import (
-    CONFIG_DIR,
     DEPLOYMENT_TYPES,
     config_for_deployment,
     default_num_processes,
     launch_command,
     launch_command_for_deployment,
 )
+from rlhf_trl.resources import ACCELERATE_CONFIGS_DIR as CONFIG_DIR
+from rlhf_trl.resources import ResourceNotFound, accelerate_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_DIR = REPO / "tests" / "scripts"
@@ -43,6 +44,24 @@ LAUNCHER_KEYS = {"deepspeed_multinode_launcher", "deepspeed_hostfile", "deepspee
 
 def test_every_config_file_is_covered():
     assert sorted(path.name for path in CONFIG_DIR.glob("*.yaml")) == sorted(EXPECTED)
+
+
+def test_configs_ship_in_the_package_and_the_repository_shows_them():
+    assert CONFIG_DIR.parent.name == "rlhf_trl", "inside the package, so a wheel has them"
+    top_level = REPO / "accelerate_configs"
+    assert top_level.is_symlink() and top_level.resolve() == CONFIG_DIR.resolve()
+
+
+def test_configs_are_found_by_name_or_path(tmp_path):
+    assert accelerate_config("zero2") == accelerate_config("zero2.yaml") == CONFIG_DIR / "zero2.yaml"
+    own = tmp_path / "mine.yaml"
+    own.write_text("compute_environment: LOCAL_MACHINE\n")
+    assert accelerate_config(str(own)) == own
+    with pytest.raises(ResourceNotFound) as error:
+        accelerate_config("zero4")
+    message = str(error.value)
+    assert "\n" not in message and "'zero4'" in message
+    assert all(name in message for name in ("cpu", "zero2", "zero3_offload", "multi_node"))
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -28,6 +28,7 @@ from rlhf_trl.tiny.model import build_config, build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
+STEP_SECRET = "hf_StepSecret0123456789abcdef"
 MAX_REQUESTS = 50  # a push is a handful of calls; more means a retry loop
 
 
@@ -233,13 +234,98 @@ def test_push_uploads_checkpoint_and_fresh_card(full_checkpoint, monkeypatch):
     assert hub.created == [{"name": "tiny-sft", "organization": "alice", "visibility": "private", "type": "model"}]
     expected = {name for name in before if not name.startswith("checkpoint-")}
     assert set(hub.files) == expected  # README.md is replaced, the trainer checkpoint stays local
-    for name in expected - {"README.md"}:
+    for name in expected - {"README.md", "run_info.json"}:
         assert hub.files[name] == (full_checkpoint / name).read_bytes(), name
+    assert json.loads(hub.files["run_info.json"]) == json.loads((full_checkpoint / "run_info.json").read_text())
     metadata, body = split_card(hub.files["README.md"].decode())
     assert metadata["tags"] == ["rlhf-trl", "trl", "sft"] and "![loss](plots/loss.png)" in body
     assert hub.commits[0]["summary"] == "rlhf-trl: upload sft output step1_sft"
     assert len(hub.requests) <= 6
     assert fingerprint(full_checkpoint) == before
+
+
+def test_push_sends_the_allow_list_only(full_checkpoint, tmp_path, monkeypatch, capsys):
+    """Tracker logs, private evaluation files, training_args.bin, trainer checkpoints and links out of the folder
+    stay on the machine; the files sent are printed."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "private.png").write_bytes(b"private plot")
+    (outside / "secret.json").write_text("private")
+    (full_checkpoint / "wandb").mkdir()
+    (full_checkpoint / "wandb" / "debug.log").write_text("api key here")
+    (full_checkpoint / "eval_scores.json").write_text("[1, 2]")
+    (full_checkpoint / "samples.jsonl").write_text("{}\n")
+    (full_checkpoint / "training_args.bin").write_bytes(b"pickled arguments")
+    (full_checkpoint / "plots" / "leak.png").symlink_to(outside / "private.png")
+    (full_checkpoint / "vocab.json").symlink_to(outside / "secret.json")  # an allowed name, pointing outside
+    (full_checkpoint / "critic").symlink_to(outside, target_is_directory=True)
+    (full_checkpoint / "merges.txt").write_text("#merges\n")
+    (full_checkpoint / "special_tokens_map.json").symlink_to(full_checkpoint / "merges.txt")  # inside: followed
+    (full_checkpoint / "ema").mkdir()
+    (full_checkpoint / "ema" / "config.json").write_text("{}")
+    (full_checkpoint / "ema" / "notes.txt").write_text("not a model file")
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        push_to_hub(full_checkpoint, "alice/tiny-sft", token="hf_test_token")
+    assert set(hub.files) == {
+        "README.md",
+        "run_info.json",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "metrics.jsonl",
+        "plots/loss.png",
+        "ema/config.json",
+    }
+    assert hub.files["special_tokens_map.json"] == b"#merges\n"
+    printed = capsys.readouterr().out
+    assert "uploading to alice/tiny-sft: README.md, config.json" in printed
+    for kept in ("checkpoint-5/", "wandb/", "eval_scores.json", "training_args.bin", "samples.jsonl", "critic/"):
+        assert kept in printed.split("kept local")[1], kept
+
+
+def test_push_of_the_current_folder(full_checkpoint, monkeypatch):
+    """`rlhf-trl push .` from inside the output folder."""
+    monkeypatch.chdir(full_checkpoint)
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+        assert main([".", "--hub_model_id", "alice/here"]) == 0
+    assert "model.safetensors" in hub.files
+
+
+def test_secrets_of_an_older_run_info_are_not_uploaded(full_checkpoint, monkeypatch):
+    secret = "hf_OldRunSecret0123456789"
+    info = json.loads((full_checkpoint / "run_info.json").read_text())
+    info["command"] = f"rlhf-trl sft --hub_token {secret} --wandb-api-key=abc123 --seed 1"
+    info["hyperparameters"]["hub_token"] = secret
+    (full_checkpoint / "run_info.json").write_text(json.dumps(info))
+    with FakeHub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+        push_to_hub(full_checkpoint, "alice/tiny-sft", token="hf_test_token")
+    for name, content in hub.files.items():
+        assert secret.encode() not in content and b"abc123" not in content, name
+    assert "--hub_token '<redacted>' '--wandb-api-key=<redacted>' --seed 1" in hub.files["README.md"].decode()
+
+
+def test_card_keeps_user_text_inside_its_blocks(tmp_path):
+    """A command with a newline and backticks cannot close the code block; table cells cannot break rows."""
+    info = json.loads((FIXTURES / "run_info_sft.json").read_text())
+    info["command"] = "rlhf-trl sft --run_name 'x\n```\n# Injected heading\n<script>alert(1)</script>'"
+    info["base_model"] = "evil | row\n| injected | row |"
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+    _, body = split_card(render_model_card(tmp_path))
+    lines = body.splitlines()
+    start = lines.index("## Command") + 2
+    assert lines[start] == "````bash"
+    end = lines.index("````", start + 1)
+    assert any(line == "# Injected heading" for line in lines[start:end])
+    assert "# Injected heading" not in lines[:start] + lines[end:]
+    assert "| injected | row |" not in body and "<script>" not in body.split("## Command")[0]
 
 
 def test_push_with_merge_lora_sends_merged_full_model(adapter_checkpoint, monkeypatch):
@@ -346,10 +432,82 @@ def test_a_training_step_pushes_with_push_to_hub(tmp_path, tiny_base_dir):
             "carol/tiny-sft",
             "--hub_private_repo",
             "true",
+            "--hub_token",
+            STEP_SECRET,
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "2",
         ]
         result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert any(created["visibility"] == "private" for created in hub.created)
-    assert "model.safetensors" in hub.files and "README.md" in hub.files
+    assert len(hub.commits) == 1, "one upload: ours, not also the Trainer's of the whole folder"
+    assert set(hub.files) == {
+        "README.md",
+        "run_info.json",
+        "metrics.jsonl",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    }
     card = hub.files["README.md"].decode()
-    assert "sft" in card and "tiny-sort" in card
+    assert "sft" in card and "tiny-sort" in card and "<redacted>" in card
+    written = [path for path in output.rglob("*") if path.is_file()]
+    assert any(path.name == "training_args.bin" for path in written) and (output / "checkpoint-2").is_dir()
+    for path in written:
+        assert STEP_SECRET.encode() not in path.read_bytes(), path
+    for name, content in hub.files.items():
+        assert STEP_SECRET.encode() not in content, name
+    assert STEP_SECRET not in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_chat_reward_step_resumes_into_its_folder_and_pushes_the_allow_list(tmp_path, tiny_chat_dir):
+    """A Llama-style chat model on conversational pairs: `rlhf-trl reward` with a token, then a resume into the
+    same folder (no --overwrite_output_dir) that continues metrics.jsonl and pushes only what a model repo needs."""
+    from rlhf_trl.tiny.chat_model import conversational_records
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(record) + "\n" for record in conversational_records("reward", 64)))
+    output = tmp_path / "reward"
+    common = [sys.executable, "-m", "rlhf_trl.scripts.reward", "--config", str(REPO_ROOT / "recipes/tiny/reward.yaml")]
+    common += ["--model_name_or_path", str(tiny_chat_dir), "--datasets", str(data), "--output_dir", str(output)]
+    common += ["--per_device_train_batch_size", "8", "--logging_steps", "1", "--plots", "false"]
+    common += ["--save_strategy", "steps", "--save_steps", "1", "--hub_token", STEP_SECRET]
+    with FakeHub() as hub:
+        environment = {**os.environ, "HF_ENDPOINT": hub.endpoint, "OMP_NUM_THREADS": "1"}
+        environment.update(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
+        first = subprocess.run(
+            [*common, "--max_steps", "2"], env=environment, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT
+        )
+        assert first.returncode == 0, first.stderr[-3000:]
+        resumed = subprocess.run(
+            [*common, "--max_steps", "3", "--resume_from_checkpoint", "true", "--push_to_hub"]
+            + ["--hub_model_id", "dave/chat-reward"],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=REPO_ROOT,
+        )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {output / 'checkpoint-2'}" in resumed.stderr
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line and "train_runtime" not in line] == [1, 2, 3]
+    assert set(hub.files) == {
+        "README.md",
+        "run_info.json",
+        "metrics.jsonl",
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    }
+    assert (output / "eval_scores.json").exists() and (output / "training_args.bin").exists()  # kept local
+    for path in output.rglob("*"):
+        assert not path.is_file() or STEP_SECRET.encode() not in path.read_bytes(), path
+    assert all(STEP_SECRET.encode() not in content for content in hub.files.values())

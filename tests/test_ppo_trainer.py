@@ -144,16 +144,10 @@ def test_adaptive_kl_moves_coefficient_toward_target(tmp_path, tiny_base_dir, ti
 
 
 def test_ratio_blow_ups_are_skipped_then_stop_training(tmp_path, tiny_base_dir, tiny_reward_dir):
-    # A ratio threshold below 1 makes every micro-batch count as a blow-up.
-    trainer = build(
-        tmp_path,
-        tiny_base_dir,
-        tiny_reward_dir,
-        ratio_threshold=0.5,
-        max_consecutive_skips=3,
-        max_steps=4,
-        num_ppo_epochs=1,
-    )
+    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, max_consecutive_skips=3, max_steps=4, num_ppo_epochs=1)
+    # A ratio threshold below 1 makes every micro-batch count as a blow-up. PPOConfig refuses such a value (it would
+    # skip every update), so it is set on the built trainer to exercise the skip path.
+    trainer.args.ratio_threshold = 0.5
     before = snapshot(trainer.accelerator.unwrap_model(trainer.model).policy)
     with pytest.raises(TrainingDivergedError, match="in a row blew up"):
         trainer.train()
@@ -162,15 +156,18 @@ def test_ratio_blow_ups_are_skipped_then_stop_training(tmp_path, tiny_base_dir, 
     )
 
 
-def test_nan_loss_stops_with_a_named_error(tmp_path, tiny_base_dir, tiny_reward_dir):
-    def nan_reward(prompts, completions, **_):
-        return [float("nan")] * len(prompts)
+def test_nan_loss_stops_with_a_named_error(tmp_path, tiny_base_dir, tiny_reward_dir, monkeypatch):
+    from rlhf_trl.ppo import losses
 
-    trainer = build(
-        tmp_path, tiny_base_dir, tiny_reward_dir, reward_model=False, reward_funcs=[nan_reward], reward_clip=None
-    )
-    trainer.reward.functions[0] = lambda prompts, completions, **_: [float("inf")] * len(prompts)
-    with pytest.raises(TrainingDivergedError, match=r"step 0: (policy|value) loss"):
+    clean_value_loss = losses.value_loss
+
+    def nan_value_loss(*args, **kwargs):
+        loss, stats = clean_value_loss(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir)
+    monkeypatch.setattr(losses, "value_loss", nan_value_loss)
+    with pytest.raises(TrainingDivergedError, match=r"step 0: value loss is nan"):
         trainer.train()
 
 

@@ -161,22 +161,6 @@ def ids_and_mask():
     return torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long)
 
 
-def wire_trl_reward_kwargs(trainer) -> TRLRewardKwargs:
-    """The three-line wiring TRLRewardKwargs documents, applied to a built trainer from outside."""
-    reward_kwargs, batch = TRLRewardKwargs(), {}
-    combined, score, log = trainer.reward, trainer.score, trainer._log
-
-    def score_with_kwargs(rollout):
-        step, total = trainer.state["global_step"], trainer.max_steps
-        batch.update(reward_kwargs.for_batch(rollout.completion_ids, rollout.completion_mask, step, total))
-        score(rollout)
-
-    trainer.score = score_with_kwargs
-    trainer.reward = lambda prompts, completions, **columns: combined(prompts, completions, **columns, **batch)
-    trainer._log = lambda metrics, rollout: log({**metrics, **reward_kwargs.pop_metrics()}, rollout)
-    return reward_kwargs
-
-
 def test_ppo_raises_a_trl_builtin_reward(tmp_path, tiny_base_dir, tiny_reward_dir):
     # TRL's DAPO overlong punishment with a short budget: answers over 2 tokens lose reward, over 4 get -1.
     overlong = load_reward_function("get_soft_overlong_punishment(max_completion_len=4, soft_punish_cache=3)")
@@ -195,7 +179,6 @@ def test_ppo_raises_a_trl_builtin_reward(tmp_path, tiny_base_dir, tiny_reward_di
         max_steps=8,
         kl_coef=0.0,
     )
-    wire_trl_reward_kwargs(trainer)
     trainer.train()
     history = trainer.log_history
     scores = [record["objective/score"] for record in history]
@@ -234,7 +217,6 @@ def test_ppo_with_a_chat_model_raises_a_trl_builtin_reward(tmp_path, tiny_chat_d
         whiten_advantages=True,
     )
     trainer.gold = None  # the sorting task's gold scorer is not what this test is about
-    wire_trl_reward_kwargs(trainer)
     trainer.train()
     scores = [record["objective/score"] for record in trainer.log_history]
     assert sum(scores[-2:]) / 2 > scores[0] + 0.3, scores

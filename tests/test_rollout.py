@@ -85,7 +85,11 @@ def reference_completions(model, tokenizer, config: GenerationConfig):
     return output[:, ids.shape[1] :]
 
 
-EXPECTED_CPU_BACKEND = {("deepspeed", "llama"): DEEPSPEED_WITHOUT_KERNELS, ("deepspeed", "opt"): HF_FALLBACK}
+# On CPU there are no kernels: the rollout engine runs the model's own forward, and its self-check passes.
+EXPECTED_CPU_BACKEND = {
+    ("deepspeed", "llama"): DEEPSPEED_WITHOUT_KERNELS,
+    ("deepspeed", "opt"): DEEPSPEED_WITHOUT_KERNELS,
+}
 
 
 @pytest.mark.parametrize("architecture", ["opt", "llama"])
@@ -133,13 +137,56 @@ def test_deepspeed_fixed_answer_length_uses_hybrid_engine_generate(tokenizer):
     assert torch.equal(completions, expected)
 
 
-def test_unsupported_architecture_falls_back_loudly(tokenizer, caplog):
-    model = build_model("opt", tokenizer)
-    with caplog.at_level(logging.WARNING, logger="rlhf_trl.ppo.rollout_deepspeed"):
-        rollout = DeepSpeedRollout(model, tokenizer, generation_config(tokenizer))
+def fake_engine_path(monkeypatch, behaviour):
+    """Replace the engine's generation path (kernels on CUDA) with ``behaviour``; plain generate stays real."""
+    calls = []
+
+    def engine_generate(self, prompt_ids, prompt_mask, config, backend):
+        calls.append(backend)
+        return behaviour(self, prompt_ids, prompt_mask, config)
+
+    monkeypatch.setattr(DeepSpeedRollout, "_engine_generate", engine_generate)
+    return calls
+
+
+def wrong_tokens(rollout, prompt_ids, prompt_mask, config):
+    right = rollout._plain_generate(prompt_ids, prompt_mask, config)
+    return (right + 1) % len(rollout.tokenizer)
+
+
+def broken_kernel(rollout, prompt_ids, prompt_mask, config):
+    raise RuntimeError("illegal memory access in softmax kernel")
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "said"), [(wrong_tokens, "gave different tokens"), (broken_kernel, "raised RuntimeError")]
+)
+@pytest.mark.parametrize("architecture", ["opt", "llama"])
+def test_failed_self_check_falls_back_loudly(architecture, behaviour, said, tokenizer, caplog, monkeypatch):
+    model = build_model(architecture, tokenizer)
+    config = generation_config(tokenizer)
+    expected = reference_completions(model, tokenizer, config)
+    calls = fake_engine_path(monkeypatch, behaviour)
+    with caplog.at_level(logging.INFO, logger="rlhf_trl.ppo.rollout_deepspeed"):
+        rollout = DeepSpeedRollout(model, tokenizer, config)
+    assert calls == [DEEPSPEED_WITHOUT_KERNELS], "the check runs the path the backend would use, once"
     assert rollout.active_backend == HF_FALLBACK
-    assert "OPTForCausalLM" in rollout.fallback_reason
-    assert any("falling back to Hugging Face generate" in record.getMessage() for record in caplog.records)
+    assert said in rollout.fallback_reason and "self-check" in rollout.fallback_reason
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("falling back to Hugging Face generate" in w and "greedy tokens" in w for w in warnings)
+    assert any("self-check" in r.getMessage() and " took " in r.getMessage() for r in caplog.records), "cost logged"
+    assert torch.equal(rollout.generate(*prompts(tokenizer)), expected)
+    assert calls == [DEEPSPEED_WITHOUT_KERNELS], "after falling back the engine path is never used"
+
+
+def test_self_check_compares_tokens_of_plain_generate(tokenizer):
+    """The check's reference is Transformers generate on the probe prompts: a passing engine reproduces it."""
+    model = build_model("opt", tokenizer)
+    rollout = DeepSpeedRollout(model, tokenizer, generation_config(tokenizer))
+    assert rollout.self_check(DEEPSPEED_WITHOUT_KERNELS) is None
+    with torch.no_grad():  # the engine shares the actor's tensors: a changed weight changes both sides alike
+        model.lm_head.weight.mul_(-1)
+    assert rollout.self_check(DEEPSPEED_WITHOUT_KERNELS) is None
 
 
 def test_cpu_actor_warns_that_kernels_are_cuda_only(tokenizer, caplog):
@@ -251,7 +298,9 @@ def test_greedy_matches_plain_generate_on_cuda(backend, architecture, tokenizer)
     rollout = build_rollout(backend, model, tokenizer, config)
     assert torch.equal(rollout.generate(ids, mask), expected)
     if backend == "deepspeed":
-        assert rollout.active_backend == (KERNELS if architecture == "llama" else HF_FALLBACK)
+        # Kernels when their self-check reproduces generate, otherwise a loud fallback: either way the same tokens.
+        assert rollout.active_backend in (KERNELS, HF_FALLBACK)
+        assert (rollout.active_backend == HF_FALLBACK) == (rollout.fallback_reason is not None)
 
 
 def deepspeed_training_engine(module: nn.Module, zero_stage: int):
@@ -305,3 +354,30 @@ def test_zero3_partitioned_actor_falls_back_to_gathered_hf_generate(tokenizer):
     assert rollout.active_backend == HF_FALLBACK
     assert "ZeRO-3" in rollout.fallback_reason
     assert torch.equal(rollout.generate(*prompts(tokenizer)), expected)
+
+
+@pytest.mark.parametrize("family_dir", ["tiny_chat_dir", "tiny_qwen2_chat_dir"])
+def test_chat_model_passes_self_check_and_matches_generate(family_dir, request):
+    """Current architectures with a byte-level tokenizer and chat-templated prompts: the self-check passes and the
+    engine reproduces generate on real prompts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = request.getfixturevalue(family_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    config = GenerationConfig(
+        max_new_tokens=8, do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    texts = [
+        tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        for text in ("sort 3 1 2", "sort 9 8 7 6 5")
+    ]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.eval()
+    with torch.no_grad():
+        output = model.generate(**batch, generation_config=config)
+    expected = output[:, batch["input_ids"].shape[1] :]
+    model.train()
+    rollout = DeepSpeedRollout(model, tokenizer, config)
+    assert rollout.active_backend == DEEPSPEED_WITHOUT_KERNELS, rollout.fallback_reason
+    assert torch.equal(rollout.generate(batch["input_ids"], batch["attention_mask"]), expected)

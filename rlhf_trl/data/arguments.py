@@ -296,6 +296,10 @@ class DataArguments:
         for spec in [*self.datasets, *(self.eval_datasets or [])]:
             parse_source_spec(spec)
         parse_data_split(self.data_split)
+        from rlhf_trl.configs import Range, check_field_types, check_ranges
+
+        check_field_types(self)
+        check_ranges(self, {"data_split_seed": Range(minimum=0, below=2**32)})
         if self.shared_by_steps is not None:
             parse_steps(self.shared_by_steps)
         if self.pipeline_configs is not None and len(self.pipeline_configs) != 3:

@@ -3,10 +3,14 @@ flag table); fields marked "DS-Chat: ..." give its value where ours differs."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import TrainingArguments
+from transformers import GenerationConfig, TrainingArguments
+
+from rlhf_trl.configs import ConfigError, Range, check_ranges, check_training_arguments
 
 ROLLOUT_BACKENDS = ("hf", "deepspeed")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -140,6 +144,14 @@ class PPOConfig(TrainingArguments):
     max_consecutive_skips: int = field(
         default=8, metadata={"help": "Stop with an error after this many blown-up micro-batches in a row."}
     )
+    drop_invalid_rewards: bool = field(
+        default=False,
+        metadata={
+            "help": "A reward source (reward model, reward or gold function) returning NaN or inf for a sample: "
+            "False stops with an error naming the source and the sample; True leaves that sample out of the "
+            "update (and gold scores) and counts it (reward/invalid_samples)."
+        },
+    )
     critic_lora: bool = field(
         default=True,
         metadata={"help": "With LoRA (use_peft): train the critic through adapters too (its score head fully)."},
@@ -167,7 +179,10 @@ class PPOConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        check_training_arguments(self)
+        check_ranges(self, PPO_RANGES)
         self._check_choices()
+        self._check_generation()
         world = max(self.world_size, 1)
         # Honest batch names, derived once. A rollout is what one process generates between two update rounds.
         self.local_rollout_batch_size = self.per_device_train_batch_size * self.generation_batches
@@ -184,6 +199,49 @@ class PPOConfig(TrainingArguments):
                 f"gradient_accumulation_steps = {self.gradient_accumulation_steps}: lower it or raise the batch"
             )
         self.micro_batch_size = self.local_mini_batch_size // self.gradient_accumulation_steps
+
+    def _check_generation(self):
+        """generation_kwargs parsed (JSON text allowed) and every generation setting validated as the GenerationConfig
+        the trainer will build, strictly, so a bad value fails here instead of at the first rollout."""
+        extra = self.generation_kwargs or {}
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"generation_kwargs is not valid JSON ({error})") from error
+        if not isinstance(extra, dict):
+            raise ConfigError(f"generation_kwargs must be a mapping of GenerationConfig fields, got {extra!r}")
+        own = {"max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_k", "top_p", "stop_strings"}
+        clashing = sorted(own & set(extra))
+        if clashing:
+            raise ConfigError(f"generation_kwargs sets {', '.join(clashing)}: use the PPOConfig field(s) instead")
+        unknown = sorted(key for key in extra if not hasattr(GenerationConfig(), key))
+        if unknown:
+            raise ConfigError(f"generation_kwargs: unknown GenerationConfig field(s) {', '.join(unknown)}")
+        for key, allowed in GENERATION_KWARG_RANGES.items():
+            value = extra.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float)) or not allowed.allows(value)
+            ):
+                raise ConfigError(f"generation_kwargs: {key} must be {allowed.describe()}, got {value!r}")
+        if self.stop_strings is not None and not all(isinstance(text, str) and text for text in self.stop_strings):
+            raise ConfigError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
+        try:
+            GenerationConfig(
+                max_new_tokens=self.max_new_tokens,
+                min_new_tokens=self.min_new_tokens,
+                do_sample=True,
+                temperature=self.temperature,
+                top_k=self.top_k,
+                top_p=self.top_p,
+                stop_strings=self.stop_strings,
+                **extra,
+            ).validate(strict=True)
+        except (ValueError, TypeError) as error:
+            # Transformers lists the problems on separate lines under a heading: join them into one.
+            lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
+            raise ConfigError(f"generation settings: {'; '.join(lines) or type(error).__name__}") from error
+        self.generation_kwargs = extra or None
 
     def _check_choices(self):
         checks = {
@@ -208,3 +266,55 @@ class PPOConfig(TrainingArguments):
             raise ValueError(f"min_new_tokens {self.min_new_tokens} > max_new_tokens {self.max_new_tokens}")
         if self.ema_beta is not None and not 0.0 < self.ema_beta < 1.0:
             raise ValueError(f"ema_beta must be in (0, 1), got {self.ema_beta}")
+        if self.reward_weights is not None and not all(
+            isinstance(weight, (int, float)) and math.isfinite(weight) for weight in self.reward_weights
+        ):
+            raise ConfigError(f"reward_weights must be finite numbers, got {self.reward_weights!r}")
+
+
+# Allowed values of PPOConfig's numeric fields (TrainingArguments' own are in rlhf_trl.configs.TRAINING_RANGES).
+PPO_RANGES = {
+    "critic_learning_rate": Range(above=0),
+    "generation_batches": Range(minimum=1),
+    "num_mini_batches": Range(minimum=1),
+    "num_ppo_epochs": Range(minimum=1),
+    "max_prompt_length": Range(minimum=1),
+    "max_new_tokens": Range(minimum=1),
+    "min_new_tokens": Range(minimum=0),
+    # Sampling is always on (do_sample), so the temperature divides the logits and must be positive.
+    "temperature": Range(above=0),
+    "top_k": Range(minimum=0),
+    "top_p": Range(above=0, maximum=1),
+    "inference_tp_size": Range(minimum=1),
+    "kl_coef": Range(minimum=0),
+    "kl_target": Range(above=0, optional=True),
+    "kl_horizon": Range(minimum=1),
+    "reward_clip": Range(above=0, optional=True),
+    "missing_eos_penalty": Range(optional=True),
+    "gamma": Range(minimum=0, maximum=1),
+    "lam": Range(minimum=0, maximum=1),
+    "cliprange": Range(above=0),
+    "cliprange_value": Range(above=0),
+    "vf_coef": Range(minimum=0),
+    "entropy_coef": Range(minimum=0),
+    "ptx_coef": Range(minimum=0),
+    # The importance ratio of the first micro-batch is exactly 1, so a threshold at or below 1 skips every update.
+    "ratio_threshold": Range(above=1),
+    "approx_kl_threshold": Range(above=0, optional=True),
+    "max_consecutive_skips": Range(minimum=1),
+    "num_samples_to_log": Range(minimum=0),
+    "eval_prompts_limit": Range(minimum=1),
+}
+
+# Numeric GenerationConfig fields often passed through generation_kwargs, which GenerationConfig.validate accepts
+# out of range. PPO samples exactly one answer per prompt from the policy, so beams and several returns are refused.
+GENERATION_KWARG_RANGES = {
+    "num_beams": Range(minimum=1, maximum=1),
+    "num_return_sequences": Range(minimum=1, maximum=1),
+    "repetition_penalty": Range(above=0),
+    "no_repeat_ngram_size": Range(minimum=0),
+    "typical_p": Range(above=0, maximum=1),
+    "min_p": Range(minimum=0, maximum=1),
+    "epsilon_cutoff": Range(minimum=0, below=1),
+    "eta_cutoff": Range(minimum=0, below=1),
+}

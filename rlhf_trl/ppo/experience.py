@@ -26,6 +26,7 @@ class Rollout:
     raw_scores: torch.Tensor | None = None  # [B] reward sources' weighted sum before shaping
     score_parts: dict[str, torch.Tensor] = field(default_factory=dict)
     gold_scores: torch.Tensor | None = None  # [B] true quality where a gold scorer exists (logged only)
+    valid: torch.Tensor | None = None  # [B] bool: False where a reward source gave NaN/inf (drop_invalid_rewards)
     kl: torch.Tensor | None = None  # [B, C] per-token KL estimate
     rewards: torch.Tensor | None = None  # [B, C]
     advantages: torch.Tensor | None = None  # [B, C]

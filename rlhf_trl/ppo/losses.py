@@ -2,7 +2,8 @@
 
 Shapes: B = batch, T = completion length (right-padded), V = vocabulary. ``mask`` is [B, T] (float, bool or long)
 with 1 on real completion tokens (up to and including the first EOS) and 0 on padding; every function that takes a
-mask gives results that do not depend on the values at padded positions.
+mask gives results (and gradients) that do not depend on the values at padded positions, even inf or NaN there:
+padded entries are selected away with ``torch.where`` (``fill_padding``), never multiplied by 0.
 
 The defaults of DeepSpeed-Chat's step 3 are: k1 KL in the reward with coefficient 0.1, gamma = 1.0, lambda = 0.95,
 policy and value clip 0.2, value loss 0.5 * max(clipped, unclipped), no advantage whitening, EMA beta 0.992.
@@ -38,6 +39,16 @@ def _check_estimator(estimator: str) -> None:
 # Masks and masked statistics
 
 
+def fill_padding(values: torch.Tensor, mask: torch.Tensor, value: float = 0.0) -> torch.Tensor:
+    """``values`` with every padded entry (mask 0) replaced by ``value``.
+
+    Masking by multiplication is not enough: an inf or NaN at a padded position gives inf * 0 = NaN, in the forward
+    pass and in the gradient. ``torch.where`` selects instead of multiplying, and filling before any exp or square
+    keeps padded entries harmless in the backward pass too.
+    """
+    return torch.where(mask.bool(), values, torch.as_tensor(value, dtype=values.dtype, device=values.device))
+
+
 def completion_mask(completion_ids: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.LongTensor:
     """completion_ids: [B, T] generated tokens, right-padded. Returns a LongTensor [B, T]: 1 up to and including the
     first EOS of each row, 0 after it. A row without EOS stopped at the length limit, so all of it is real.
@@ -66,8 +77,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None
     rather than NaN.
     """
     _check_same_shape(values=values, mask=mask)
+    kept = fill_padding(values, mask)
     mask = mask.to(values.dtype)
-    masked_sum = (values * mask).sum() if dim is None else (values * mask).sum(dim=dim)
+    masked_sum = kept.sum() if dim is None else kept.sum(dim=dim)
     real_count = mask.sum() if dim is None else mask.sum(dim=dim)
     return masked_sum / real_count.clamp(min=1)
 
@@ -77,6 +89,7 @@ def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) 
 
     unbiased=True divides by (n - 1) and needs at least two real entries; unbiased=False divides by n.
     """
+    values = fill_padding(values, mask)
     mean = masked_mean(values, mask)  # scalar
     centered_squares = (values - mean) ** 2
     variance = masked_mean(centered_squares, mask)  # scalar, divided by n
@@ -95,12 +108,13 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
     1e-8) and a single real entry whitens to 0 instead of failing. shift_mean=False keeps the original mean (only the
     spread is normalised). Padded entries of the output are 0.
     """
+    values = fill_padding(values, mask)
     mean = masked_mean(values, mask)  # scalar
     variance = masked_var(values, mask, unbiased=False)  # scalar
     whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
     if not shift_mean:
         whitened = whitened + mean
-    return whitened * mask.to(values.dtype)
+    return fill_padding(whitened, mask)
 
 
 # Log-probabilities, entropy and KL
@@ -182,7 +196,7 @@ def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, k
     real = mask.bool()  # [B, T]
     if not real.any(dim=1).all():
         raise ValueError("Every row of mask needs at least one real token to receive its score.")
-    rewards = -kl_coef * kl * real.to(kl.dtype)  # [B, T]
+    rewards = -kl_coef * fill_padding(kl, real)  # [B, T]
     positions = torch.arange(mask.shape[1], device=mask.device).expand_as(real)  # [B, T]
     last_real_index = torch.where(real, positions, -1).max(dim=1).values  # [B]
     rows = torch.arange(mask.shape[0], device=mask.device)  # [B]
@@ -216,8 +230,8 @@ def gae_advantages(
         )
     # Zeroing padded values and rewards makes every padded step contribute delta = 0, and makes V_{t+1} = 0 after
     # the last real token: the bootstrap needs no special case.
-    values = values * real
-    rewards = rewards * real
+    values = fill_padding(values, real)
+    rewards = fill_padding(rewards, real)
     batch_size, length = values.shape
     advantages_reversed = []
     next_value = torch.zeros(batch_size, dtype=values.dtype, device=values.device)  # [B]
@@ -227,8 +241,8 @@ def gae_advantages(
         next_advantage = delta + gamma * lam * next_advantage  # [B]
         advantages_reversed.append(next_advantage)
         next_value = values[:, t]
-    advantages = torch.stack(advantages_reversed[::-1], dim=1) * real  # [B, T]
-    returns = (advantages + values) * real  # [B, T]
+    advantages = fill_padding(torch.stack(advantages_reversed[::-1], dim=1), real)  # [B, T]
+    returns = fill_padding(advantages + values, real)  # [B, T]
     return advantages, returns
 
 
@@ -254,7 +268,10 @@ def policy_loss(
     """
     _check_clip_range(clip_range)
     _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
-    log_ratio = logprobs - old_logprobs  # [B, T]
+    # Filled before the exp: a huge log-ratio at a padded position would otherwise give inf there, and inf * 0 = NaN
+    # in the gradient even though the position is masked out of the mean.
+    log_ratio = fill_padding(logprobs - old_logprobs, mask)  # [B, T]
+    advantages = fill_padding(advantages, mask)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
     unclipped_loss = -advantages * ratio  # [B, T]
     clipped_loss = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)  # [B, T]
@@ -285,6 +302,7 @@ def value_loss(
     """
     _check_clip_range(clip_range)
     _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    values, old_values, returns = (fill_padding(tensor, mask) for tensor in (values, old_values, returns))
     clipped_values = torch.clamp(values, old_values - clip_range, old_values + clip_range)  # [B, T]
     unclipped_error = (values - returns) ** 2  # [B, T]
     clipped_error = (clipped_values - returns) ** 2  # [B, T]
@@ -306,6 +324,8 @@ def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tens
           usual choice (as in GRPO); far from the reference it pulls towards covering the reference's support.
     """
     _check_same_shape(logprobs=logprobs, mask=mask)
+    # Padded positions filled before the estimator's exp, so they add neither NaN nor gradient.
+    logprobs, ref_logprobs = fill_padding(logprobs, mask), fill_padding(ref_logprobs, mask)
     return masked_mean(kl_estimate(logprobs, ref_logprobs, estimator), mask)
 
 

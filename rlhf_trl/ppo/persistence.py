@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from rlhf_trl.guards import warn_if_rng_state_unusable
+from rlhf_trl.output_dir import truncate_jsonl
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo.experience import Rollout
 
@@ -76,6 +78,7 @@ class PersistenceMixin:
     def _load_checkpoint(self, path: Path) -> None:
         state = checkpoints.read_state(path)
         self.accelerator.load_state(str(path / "accelerator"))
+        warn_if_rng_state_unusable(path / "accelerator", self.accelerator.process_index)
         if self.ema is not None:
             self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.accelerator.device))
         self.state.update(state["trainer"])
@@ -91,10 +94,7 @@ class PersistenceMixin:
         if not self.accelerator.is_main_process:
             return
         for name in ("metrics.jsonl", "samples.jsonl"):
-            path = self.output_dir / name
-            if path.exists():
-                kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-                path.write_text("".join(line + "\n" for line in kept))
+            truncate_jsonl(self.output_dir / name, step)
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Actor (full weights or LoRA adapter) to output_dir, critic to output_dir/critic, EMA to output_dir/ema."""

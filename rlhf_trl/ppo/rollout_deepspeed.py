@@ -5,10 +5,14 @@ layers run DeepSpeed's fused inference kernels (CUDA only, for the layer types D
 Which engine actually runs is decided once, when the backend is built, and exposed as ``active_backend``:
 
 - ``"deepspeed-kernels"``: hybrid engine with inference kernels injected into the actor's layers (CUDA).
-- ``"deepspeed"``: DeepSpeed's rollout engine over the actor's own forward, because the kernels for this
-  architecture exist only for CUDA and the actor is elsewhere (the CPU case).
-- ``"hf-fallback"``: Hugging Face ``generate``, with a warning saying why (no DeepSpeed inference policy for the
-  architecture, PEFT adapters, or ZeRO-3 weights partitioned by a training engine that is not a hybrid engine).
+- ``"deepspeed"``: DeepSpeed's rollout engine over the actor's own forward (off CUDA, or no kernels for the
+  architecture).
+- ``"hf-fallback"``: Hugging Face ``generate``, with a warning saying why: PEFT adapters, ZeRO-3 weights partitioned
+  by a training engine that is not a hybrid engine, or a failed self-check.
+
+Whether the engine can serve the actor is decided by behaviour, not by reading signatures or version numbers: once
+built, it generates a few greedy tokens for fixed probe prompts, and they must equal plain ``generate``'s on the same
+inputs (``self_check``). Any difference or exception falls back to ``generate``.
 
 Completions have the same format as ``HFRollout``: new tokens only, right-padded with the pad token after the first
 end-of-sequence token, as wide as the longest answer.
@@ -17,9 +21,9 @@ end-of-sequence token, as wide as the longest answer.
 from __future__ import annotations
 
 import copy
-import inspect
 import logging
 import os
+import time
 from contextlib import contextmanager
 
 import torch
@@ -33,6 +37,10 @@ logger = logging.getLogger(__name__)
 KERNELS = "deepspeed-kernels"
 DEEPSPEED_WITHOUT_KERNELS = "deepspeed"
 HF_FALLBACK = "hf-fallback"
+# Greedy tokens the self-check compares: enough for a wrong cache or attention mask to show, cheap at start-up.
+SELF_CHECK_TOKENS = 6
+# Two prompts of different lengths, so the check also covers left padding.
+PROBE_PROMPTS = ("Human: Hello, how are you? Assistant:", "Human: Hi Assistant:")
 
 
 def find_actor(model: nn.Module) -> nn.Module:
@@ -47,42 +55,15 @@ def find_actor(model: nn.Module) -> nn.Module:
     return module.policy if isinstance(module, PolicyAndValueWrapper) else module
 
 
-def deepspeed_kernel_layer_classes() -> set[type]:
-    """Decoder-layer classes DeepSpeed's hybrid engine would replace with inference kernels.
-
-    Mirrors ``DeepSpeedHybridEngine.populate_all_inference_policies`` (deepspeed 0.19): every transformer policy
-    names the Transformers layer class it replaces; OPT is skipped when its layer takes a ``Cache`` object, because
-    the injected OPT layer only implements the legacy tuple-cache contract.
-    """
-    from deepspeed.module_inject.containers.opt import HFOPTLayerPolicy
-    from deepspeed.module_inject.replace_policy import replace_policies
-
-    layer_classes: set[type] = set()
-    for policy_class in replace_policies:
-        policy_class(None)  # constructing a policy once resolves the Transformers class it targets
-        targets = policy_class._orig_layer_class
-        if targets is None:
-            continue
-        if policy_class is HFOPTLayerPolicy:
-            parameters = inspect.signature(targets.forward).parameters
-            if "cache_position" in parameters or "past_key_values" in parameters:
-                continue
-        layer_classes.update(targets if isinstance(targets, list) else [targets])
-    return layer_classes
-
-
-def kernel_layer_problem(actor: nn.Module) -> str | None:
-    """Why DeepSpeed cannot put its inference kernels into ``actor``, or None when it can (on CUDA)."""
-    supported = deepspeed_kernel_layer_classes()
-    if any(type(module) in supported for module in actor.modules()):
-        return None
-    layer_names = sorted(
-        {type(module).__name__ for module in actor.modules() if type(module).__name__.endswith("Layer")}
-    )
-    return (
-        f"DeepSpeed has no inference policy for {type(actor).__name__} "
-        f"(layers: {', '.join(layer_names) or 'none found'})"
-    )
+def probe_inputs(tokenizer, device) -> tuple[torch.LongTensor, torch.LongTensor]:
+    """The self-check's prompts, left-padded as the trainer pads its prompts."""
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        batch = tokenizer(list(PROBE_PROMPTS), return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = padding_side
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
 
 def resolve_generation_config(requested: GenerationConfig, model_defaults: GenerationConfig) -> GenerationConfig:
@@ -243,24 +224,29 @@ class DeepSpeedRollout(RolloutBackend):
             # engine directly; it also handles ZeRO-3 gathering itself.
             self.engine = self.model
             self._build_rollout_engine()
-            return KERNELS if self.engine._inference_containers else DEEPSPEED_WITHOUT_KERNELS
+        else:
+            problem = self._known_unsupported()
+            if problem is not None:
+                return self._fall_back(problem)
+            on_cuda = next(self.actor.parameters()).device.type == "cuda"
+            if not on_cuda:
+                logger.warning(
+                    "DeepSpeed's inference kernels run on CUDA only; the actor is on %s, so DeepSpeed's rollout "
+                    "engine runs the model's own forward.",
+                    next(self.actor.parameters()).device,
+                )
+            self._build_own_engine(with_kernels=on_cuda)
+        # A plain DeepSpeedEngine (kernels off) has no containers; a hybrid engine has none for layers it lacks a
+        # policy for, and then runs the model's own forward.
+        candidate = KERNELS if getattr(self.engine, "_inference_containers", None) else DEEPSPEED_WITHOUT_KERNELS
+        failed_check = self.self_check(candidate)
+        if failed_check is not None:
+            self._restore_native_generate()
+            return self._fall_back(failed_check)
+        return candidate
 
-        problem = self._fallback_problem()
-        if problem is not None:
-            return self._fall_back(problem)
-
-        on_cuda = next(self.actor.parameters()).device.type == "cuda"
-        if not on_cuda:
-            logger.warning(
-                "DeepSpeed's inference kernels run on CUDA only; the actor is on %s, so DeepSpeed's rollout "
-                "engine runs the model's own forward.",
-                next(self.actor.parameters()).device,
-            )
-        self._build_own_engine(with_kernels=on_cuda)
-        return KERNELS if on_cuda else DEEPSPEED_WITHOUT_KERNELS
-
-    def _fallback_problem(self) -> str | None:
-        """Why the hybrid engine cannot run this actor, or None."""
+    def _known_unsupported(self) -> str | None:
+        """Cases the engine is known not to handle, decided without building it."""
         from deepspeed import DeepSpeedEngine
         from peft import PeftModel
 
@@ -271,7 +257,57 @@ class DeepSpeedRollout(RolloutBackend):
                 "the actor's weights are partitioned by ZeRO-3 in a training engine that is not a hybrid engine; "
                 "a second engine over partitioned weights would not see them"
             )
-        return kernel_layer_problem(self.actor)
+        return None
+
+    def self_check(self, candidate: str) -> str | None:
+        """Generate ``SELF_CHECK_TOKENS`` greedy tokens for the probe prompts through the engine (the path
+        ``generate`` takes) and through plain Transformers ``generate``; return which check failed and how, or None
+        when the tokens are equal. The time it took is logged."""
+        if self.engine.zero_optimization_partition_weights():
+            # Only the trainer's own hybrid engine gets here with partitioned weights: a plain generate for the
+            # reference would need them gathered, which that engine does itself during generation.
+            logger.info("Rollout self-check skipped: ZeRO-3 weights are gathered by the hybrid engine only.")
+            return None
+        check = f"self-check '{candidate}': {SELF_CHECK_TOKENS} greedy tokens against Transformers generate"
+        started = time.perf_counter()
+        greedy = GenerationConfig(
+            max_new_tokens=SELF_CHECK_TOKENS,
+            do_sample=False,
+            pad_token_id=self.generation_config.pad_token_id,
+            eos_token_id=self.generation_config.eos_token_id,
+        )
+        try:
+            prompt_ids, prompt_mask = probe_inputs(self.tokenizer, next(self.actor.parameters()).device)
+            expected = self._plain_generate(prompt_ids, prompt_mask, greedy)
+            got = self._engine_generate(prompt_ids, prompt_mask, greedy, candidate)
+        except Exception as error:  # any failure of the engine path means it cannot serve this actor
+            return f"{check} raised {type(error).__name__}: {error}"
+        finally:
+            logger.info("Rollout %s took %.2f s.", check, time.perf_counter() - started)
+        if got.shape != expected.shape or not torch.equal(got.to(expected.device), expected):
+            return f"{check} gave different tokens ({got.tolist()} instead of {expected.tolist()})"
+        return None
+
+    @torch.no_grad()
+    def _plain_generate(self, prompt_ids, prompt_mask, config: GenerationConfig):
+        """Transformers' own generate on the actor's own layers (the class method: the hybrid engine replaces the
+        instance's ``generate`` when it injects kernels)."""
+        was_training = self.actor.training
+        self.actor.eval()
+        try:
+            output = type(self.actor).generate(
+                self.actor, input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config
+            )
+        finally:
+            self.actor.train(was_training)
+        return self._completions(output[:, prompt_ids.shape[1] :], config)
+
+    def _restore_native_generate(self) -> None:
+        """Undo what the hybrid engine did to the actor: layers back to their own forward, ``generate`` back to
+        Transformers' own."""
+        self.engine.train(self.actor.training)
+        if "generate" in vars(self.actor):
+            del self.actor.generate
 
     def _fall_back(self, reason: str) -> str:
         self.fallback_reason = reason
@@ -284,7 +320,7 @@ class DeepSpeedRollout(RolloutBackend):
             self.accelerator,
         )
         logger.warning(
-            "Rollout backend 'deepspeed' cannot accelerate this actor (%s); falling back to Hugging Face generate.",
+            "Rollout backend 'deepspeed' cannot serve this actor (%s); falling back to Hugging Face generate.",
             reason,
         )
         return HF_FALLBACK
@@ -316,27 +352,37 @@ class DeepSpeedRollout(RolloutBackend):
     @torch.no_grad()
     def generate(self, prompt_ids, prompt_mask):
         if self.fallback is not None:
-            completions = self.fallback.generate(prompt_ids, prompt_mask)
-        else:
-            resolved = resolve_generation_config(self.generation_config, self.actor.generation_config)
-            was_training = self.actor.training
-            # eval() swaps the actor's layers to the inference kernels (when injected); train() swaps them back.
-            self.engine.eval()
-            try:
-                with self._generation_config_in_place(resolved):
-                    if rollout_engine_limitation(resolved) is None and not self._needs_pinned_length():
-                        completions = self._generate_with_rollout_engine(prompt_ids, prompt_mask, resolved)
-                    else:
-                        completions = self._generate_with_hybrid_engine(prompt_ids, prompt_mask, resolved)
-            finally:
-                self.engine.train(was_training)
-        eos_ids = end_of_sequence_ids(self.generation_config)
-        pad_id = self.generation_config.pad_token_id
-        return pad_after_end(completions, eos_ids, pad_id if pad_id is not None else eos_ids[0])
+            return self._completions(self.fallback.generate(prompt_ids, prompt_mask), self.generation_config)
+        return self._engine_generate(prompt_ids, prompt_mask, self.generation_config, self.active_backend)
 
-    def _needs_pinned_length(self) -> bool:
+    @torch.no_grad()
+    def _engine_generate(self, prompt_ids, prompt_mask, generation_config: GenerationConfig, backend: str):
+        """Generate through the DeepSpeed engine (``backend``: what it runs as, kernels or not)."""
+        resolved = resolve_generation_config(generation_config, self.actor.generation_config)
+        was_training = self.actor.training
+        # eval() swaps the actor's layers to the inference kernels (when injected); train() swaps them back.
+        self.engine.eval()
+        try:
+            with self._generation_config_in_place(resolved):
+                if rollout_engine_limitation(resolved) is None and not self._needs_pinned_length(backend):
+                    completions = self._generate_with_rollout_engine(prompt_ids, prompt_mask, resolved)
+                else:
+                    completions = self._generate_with_hybrid_engine(prompt_ids, prompt_mask, resolved)
+        finally:
+            self.engine.train(was_training)
+        return self._completions(completions, generation_config)
+
+    @staticmethod
+    def _completions(completions, generation_config: GenerationConfig):
+        eos_ids = end_of_sequence_ids(generation_config)
+        pad_id = generation_config.pad_token_id
+        if pad_id is None:
+            pad_id = eos_ids[0] if eos_ids else 0
+        return pad_after_end(completions, eos_ids, pad_id)
+
+    def _needs_pinned_length(self, backend: str) -> bool:
         """CUDA-graph decode is only used when the generate call itself says min_new_tokens == max_new_tokens."""
-        return self.active_backend == KERNELS and self.engine._config.hybrid_engine.enable_cuda_graph
+        return backend == KERNELS and self.engine._config.hybrid_engine.enable_cuda_graph
 
     def _generate_with_rollout_engine(self, prompt_ids, prompt_mask, resolved: GenerationConfig):
         from deepspeed.runtime.rollout import RolloutRequest

@@ -8,7 +8,6 @@ that a subclass can override.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -23,6 +22,7 @@ from accelerate.utils import set_seed
 from transformers import GenerationConfig
 
 from rlhf_trl.chat import as_completions, completion_texts, encode_prompts, is_conversation
+from rlhf_trl.guards import InvalidRewardError, TrainingDivergedError, agree_any, any_process
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo import losses, packing
 from rlhf_trl.ppo.config import PPOConfig
@@ -39,13 +39,12 @@ from rlhf_trl.ppo.modeling import (
 )
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
 from rlhf_trl.ppo.persistence import PersistenceMixin
-from rlhf_trl.rewards import CombinedReward, RewardModelScorer
+from rlhf_trl.reward.functions import TRLRewardKwargs
+from rlhf_trl.rewards import CombinedReward, RewardModelScorer, first_invalid_score
 
 logger = logging.getLogger(__name__)
 
-
-class TrainingDivergedError(RuntimeError):
-    """NaN/inf in a loss or gradient, or repeated ratio blow-ups: training stops, earlier checkpoints stay."""
+__all__ = ["PPOTrainer", "TrainingDivergedError", "InvalidRewardError"]
 
 
 class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
@@ -170,6 +169,8 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             sources.append(scorer)
         sources.extend(reward_funcs or [])
         self.reward = CombinedReward(sources, args.reward_weights)
+        # TRL's extra reward-function arguments (completion_ids, trainer_state, log_metric), built per batch.
+        self.reward_kwargs = TRLRewardKwargs()
         self.gold = CombinedReward(gold_funcs) if gold_funcs else None
         self.kl_controller = build_kl_controller(args.kl_coef, args.adaptive_kl, args.kl_target, args.kl_horizon)
         self.score_normalizer = ScoreNormalizer(args.score_normalization)
@@ -233,9 +234,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
 
     def _generation_config(self) -> GenerationConfig:
         args = self.args
-        extra = args.generation_kwargs or {}
-        if isinstance(extra, str):
-            extra = json.loads(extra)
+        extra = args.generation_kwargs or {}  # PPOConfig has parsed and validated it
         config = GenerationConfig(
             max_new_tokens=args.max_new_tokens,
             min_new_tokens=args.min_new_tokens,
@@ -375,34 +374,82 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         rollout.values = torch.cat(values).float()  # GAE sums over the whole answer: bf16 would lose precision
 
         completions = as_completions(rollout.prompts, rollout.completions)
-        raw, parts = self.reward(rollout.prompts, completions, **rollout.columns)
+        raw, parts = self.reward(
+            rollout.prompts, completions, **rollout.columns, **self._reward_call_kwargs(rollout.completion_ids)
+        )
+        rollout.valid = self._valid_scores(raw, parts, rollout.prompts)
+        # Samples left out (drop_invalid_rewards) get score 0 here and no weight in the update.
+        raw = torch.where(rollout.valid.cpu(), raw, 0.0)
         rollout.raw_scores, rollout.score_parts = raw, parts
         scores = raw.clone()
         if args.missing_eos_penalty is not None:
             ended = losses.has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).cpu()
             scores = torch.where(ended, scores, scores - args.missing_eos_penalty)
         if args.score_normalization != "none":
-            self.score_normalizer.update(self.accelerator.gather(scores.to(self.accelerator.device)).cpu())
+            self._update_normalizer(scores, rollout.valid)
             scores = self.score_normalizer.normalize(scores)
         if args.reward_clip is not None:
             scores = scores.clamp(-args.reward_clip, args.reward_clip)
         rollout.scores = scores.to(self.accelerator.device)
         if self.gold is not None:
-            rollout.gold_scores = self.gold(rollout.prompts, completions, **rollout.columns)[0]
+            rollout.gold_scores = self._gold_scores(rollout.prompts, completions, rollout.columns)
+
+    def _valid_scores(self, total: torch.Tensor, parts: dict[str, torch.Tensor], prompts) -> torch.Tensor:
+        """[B] bool on the device: which samples every reward source scored with a finite number.
+
+        NaN/inf stops training with an error naming the source and the sample (agreed across processes, so every
+        rank stops), unless drop_invalid_rewards: then the samples are left out and logged."""
+        valid = torch.isfinite(total)
+        problem = None
+        if not bool(valid.all()):
+            problem = first_invalid_score(total, parts, prompts)
+        if self.args.drop_invalid_rewards:
+            if problem:
+                logger.warning("step %d: %s; left out of the update", self.state["global_step"], problem)
+        elif any_process(problem is not None, self.accelerator.device):
+            raise InvalidRewardError(
+                f"step {self.state['global_step']}: {problem or 'a reward source returned NaN/inf on another process'}"
+                "; fix the reward source or set drop_invalid_rewards: true to leave such samples out"
+            )
+        return valid.to(self.accelerator.device)
+
+    def _gold_scores(self, prompts, completions, columns) -> torch.Tensor:
+        """Gold scores [B]; a NaN/inf one is an error like a reward's, or NaN (left out of the means) when dropping."""
+        total, parts = self.gold(prompts, completions, **columns)
+        valid = self._valid_scores(total, parts, prompts).cpu()
+        return torch.where(valid, total, float("nan"))
+
+    def _update_normalizer(self, scores: torch.Tensor, valid: torch.Tensor) -> None:
+        """Running/reference score statistics from every process's valid scores."""
+        device = self.accelerator.device
+        gathered = self.accelerator.gather(scores.to(device)).cpu()
+        gathered_valid = self.accelerator.gather(valid.to(device)).cpu().bool()
+        self.score_normalizer.update(gathered[gathered_valid])
+
+    def _loss_mask(self, rollout: Rollout) -> torch.Tensor:
+        """[B, C] float: real completion tokens of the samples that count (invalid rewards dropped)."""
+        mask = rollout.completion_mask.float()
+        if rollout.valid is not None:
+            mask = mask * rollout.valid.to(mask.device, mask.dtype)[:, None]
+        return mask
 
     @torch.no_grad()
     def compute_advantages(self, rollout: Rollout) -> None:
         """KL-shaped per-token rewards, then GAE advantages and returns."""
         args = self.args
         mask = rollout.completion_mask.float()
-        rollout.kl = losses.kl_estimate(rollout.logprobs, rollout.ref_logprobs, args.kl_estimator) * mask
+        loss_mask = self._loss_mask(rollout)
+        # Log-probs filled at padding before the estimator (k3 takes an exp): padding must not turn into NaN.
+        logprobs = losses.fill_padding(rollout.logprobs, mask)
+        ref_logprobs = losses.fill_padding(rollout.ref_logprobs, mask)
+        rollout.kl = losses.fill_padding(losses.kl_estimate(logprobs, ref_logprobs, args.kl_estimator), mask)
         kl_coef = self.kl_controller.value if args.kl_in_reward else 0.0
         rewards = losses.shaped_rewards(rollout.scores, rollout.kl, mask, kl_coef)
         if args.whiten_rewards:
-            rewards = losses.masked_whiten(rewards, mask, shift_mean=False)
+            rewards = losses.masked_whiten(rewards, loss_mask, shift_mean=False)
         advantages, returns = losses.gae_advantages(rollout.values, rewards, mask, args.gamma, args.lam)
         if args.whiten_advantages:
-            advantages = losses.masked_whiten(advantages, mask)
+            advantages = losses.masked_whiten(advantages, loss_mask)
         rollout.rewards, rollout.advantages, rollout.returns = rewards, advantages, returns
 
     def _ptx_loss(self):
@@ -425,7 +472,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
         position_ids = position_ids_from_mask(attention_mask)
         prompt_length = rollout.prompt_ids.shape[1]
-        mask = rollout.completion_mask.float()
+        mask = self._loss_mask(rollout)
         stats: dict[str, list[float]] = {}
         skipped = 0
         for _ in range(args.num_ppo_epochs):
@@ -434,9 +481,17 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
                 for micro in self._micro_batches(mini.stop - mini.start, args.micro_batch_size):
                     index = torch.tensor(order[mini][micro], device=input_ids.device)
                     with self.accelerator.accumulate(self.model):
-                        step_stats, loss, blown_up = self._micro_batch_loss(
+                        step_stats, loss, problem, blown_up = self._micro_batch_loss(
                             rollout, index, input_ids, attention_mask, position_ids, prompt_length, mask
                         )
+                        # Decided together: a rank stopping or skipping alone would leave the others waiting in
+                        # the next collective (the gradient all-reduce).
+                        diverged, blown_up = agree_any([problem is not None, blown_up], self.accelerator.device)
+                        if diverged:
+                            problem = problem or "a loss is NaN/inf on another process"
+                            raise TrainingDivergedError(
+                                f"step {self.state['global_step']}: {problem}; stopping (last checkpoint kept)"
+                            )
                         if blown_up:
                             skipped += 1
                             loss = loss * 0.0  # keeps gradient-accumulation bookkeeping consistent on every rank
@@ -468,8 +523,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         value_loss, value_stats = losses.value_loss(
             new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
         )
-        self._check_finite(policy_loss, "policy loss")
-        self._check_finite(value_loss, "value loss")
+        problems = [self._non_finite(policy_loss, "policy loss"), self._non_finite(value_loss, "value loss")]
         loss = policy_loss + args.vf_coef * value_loss
         with torch.set_grad_enabled(args.entropy_coef > 0):
             completion_logits = logits[:, prompt_length - 1 : -1]
@@ -492,13 +546,14 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             stats["policy/kl_loss"] = kl_term.item()
         if args.ptx_coef > 0:
             ptx_loss = self._ptx_loss()
-            self._check_finite(ptx_loss, "ptx loss")
+            problems.append(self._non_finite(ptx_loss, "ptx loss"))
             loss = loss + args.ptx_coef * ptx_loss
             stats["ptx/loss"] = ptx_loss.item()
         blown_up = stats["policy/ratio_max"] > args.ratio_threshold or (
             args.approx_kl_threshold is not None and stats["policy/approx_kl"] > args.approx_kl_threshold
         )
-        return stats, loss, blown_up
+        problem = next((problem for problem in problems if problem), None)
+        return stats, loss, problem, blown_up
 
     def _count_blow_up(self, blown_up: bool, stats: dict[str, float]) -> None:
         """Track blown-up micro-batches in a row; too many stop training (earlier checkpoints stay intact)."""
@@ -509,17 +564,17 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
                 f"(ratio max {stats['policy/ratio_max']:.3g}); lower the learning rate or raise ratio_threshold"
             )
 
-    def _check_finite(self, tensor: torch.Tensor, name: str) -> None:
-        if not torch.isfinite(tensor).all():
-            raise TrainingDivergedError(
-                f"step {self.state['global_step']}: {name} is {tensor.item()}; stopping (last checkpoint kept)"
-            )
+    @staticmethod
+    def _non_finite(tensor: torch.Tensor, name: str) -> str | None:
+        """'policy loss is nan' when the scalar is NaN/inf, else None."""
+        return None if bool(torch.isfinite(tensor).all()) else f"{name} is {tensor.item()}"
 
     def _check_gradients(self) -> None:
         if self.accelerator.state.deepspeed_plugin is not None:
             return  # DeepSpeed clips and checks overflow inside its own step
         norm = self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
-        if norm is not None and not torch.isfinite(torch.as_tensor(norm)):
+        bad = norm is not None and not bool(torch.isfinite(torch.as_tensor(norm)))
+        if any_process(bad, self.accelerator.device):
             raise TrainingDivergedError(
                 f"step {self.state['global_step']}: gradient norm is {float(norm)}; stopping (last checkpoint kept)"
             )
@@ -545,6 +600,11 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
                 self.save_checkpoint()
         return last
 
+    def _reward_call_kwargs(self, completion_ids: torch.Tensor) -> dict:
+        """TRL's per-batch reward-function arguments for completions [B, C] (real tokens up to the first EOS)."""
+        mask = losses.completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        return self.reward_kwargs.for_batch(completion_ids, mask, self.state["global_step"], self.max_steps)
+
     def step(self) -> dict[str, float]:
         """One PPO step: rollouts, scoring, advantages, update; logs and returns the metrics."""
         started = time.perf_counter()
@@ -564,6 +624,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         self.state["episodes"] += len(rollout) * self.accelerator.num_processes
         metrics = self._rollout_metrics(rollout)
         metrics.update(update_stats)
+        metrics.update(self.reward_kwargs.pop_metrics())  # what reward functions logged with log_metric
         metrics.update(
             {
                 "time/generation_s": generated - started,
@@ -587,8 +648,10 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         saved_sampler = self.sampler.state_dict()
         rollout = self.generate(self.next_batch())
         completions = as_completions(rollout.prompts, rollout.completions)
-        scores, _ = self.reward(rollout.prompts, completions, **rollout.columns)
-        self.score_normalizer.update(self.accelerator.gather(scores.to(self.accelerator.device)).cpu())
+        scores, parts = self.reward(
+            rollout.prompts, completions, **rollout.columns, **self._reward_call_kwargs(rollout.completion_ids)
+        )
+        self._update_normalizer(scores, self._valid_scores(scores, parts, rollout.prompts))
         self.sampler.load_state_dict(saved_sampler)
         logger.info(
             "reference score normalisation: mean %.4f std %.4f", self.score_normalizer.mean, self.score_normalizer.std

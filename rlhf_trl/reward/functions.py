@@ -194,9 +194,10 @@ def _import_attribute(spec: str, module_name: str, attribute: str) -> Callable:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as error:
+    except Exception as error:  # ImportError, or whatever the module raises while it loads (SyntaxError, ...)
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise RewardFunctionError(
-            f"reward function {spec!r}: cannot import module {module_name!r} ({error})"
+            f"reward function {spec!r}: cannot import module {module_name!r} ({type(error).__name__}: {detail})"
         ) from error
     finally:
         if added:
@@ -211,15 +212,8 @@ class TRLRewardKwargs:
     """The keyword arguments TRL's GRPOTrainer/RLOOTrainer pass to reward functions besides prompts, completions and
     dataset columns, for a trainer of this project to pass too; it collects what functions log.
 
-    Wiring in PPOTrainer (three lines):
-
-    - ``__init__``: ``self.reward_kwargs = TRLRewardKwargs()``
-    - ``score()``, in the reward call: ``self.reward(rollout.prompts, completions, **rollout.columns,
-      **self.reward_kwargs.for_batch(rollout.completion_ids, rollout.completion_mask, self.state["global_step"],
-      self.max_steps))``; the same arguments in ``_measure_reference_scores()``, and in ``evaluate()`` with the
-      greedy answers' ids and ``losses.completion_mask`` of them (functions that need ``completion_ids``, such as
-      TRL's overlong punishment, fail with a one-line error naming them where a call leaves it out)
-    - ``step()``, before logging: ``metrics.update(self.reward_kwargs.pop_metrics())``
+    PPOTrainer holds one (``reward_kwargs``) and passes ``for_batch(...)`` to every reward call: rollout scoring,
+    reference score normalisation and evaluation; what functions log is added to the step's metrics.
 
     ``log_metric(name, value)`` values are averaged over the calls since the last ``pop_metrics`` (on this process)
     and logged under ``name``, as TRL logs them; ``log_extra(column, values)`` columns are kept for

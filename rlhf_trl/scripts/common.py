@@ -8,11 +8,27 @@ import logging
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import TrainerCallback
 from trl import TrlParser, get_peft_config, get_quantization_config
+
+from rlhf_trl.models import model_folder_problem
+from rlhf_trl.output_dir import (
+    OutputDirError,
+    OutputLock,
+    claim_output_dir,
+    disk_error_line,
+    find_resume_checkpoint,
+    latest_complete_checkpoint,
+    release_held_locks,
+    resumes_inside,
+    save_atomically,
+    truncate_jsonl,
+)
+from rlhf_trl.redaction import blank_secret_fields, redact_argv, redact_mapping
 
 logger = logging.getLogger("rlhf_trl")
 
@@ -21,44 +37,181 @@ class StepError(RuntimeError):
     """A problem with the user's input, reported as one line before any training starts."""
 
 
+class _StepParser(TrlParser):
+    """TrlParser whose usage errors (a flag's bad value, a missing argument) are one-line StepErrors."""
+
+    def error(self, message):
+        raise StepError(message)
+
+
 def parse_step_arguments(dataclass_types, argv):
-    """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors."""
-    parser = TrlParser(dataclass_types)
+    """TrlParser with YAML (`--config`) and command-line flags; unknown keys are errors. Every value is validated
+    (types, ranges, reward functions importable) before anything loads; problems are one-line StepErrors."""
+    from rlhf_trl.configs import apply_reproducibility, check_parsed_arguments, check_yaml_types
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _StepParser(dataclass_types)
     try:
-        return parser.parse_args_and_config(args=argv)
-    except ValueError as error:
-        raise StepError(str(error).splitlines()[0]) from error
+        if "--config" in argv[:-1]:
+            check_yaml_types(read_config_file(argv[argv.index("--config") + 1]), dataclass_types)
+        parsed = parser.parse_args_and_config(args=argv)
+        check_parsed_arguments(parsed)
+    except (ValueError, TypeError) as error:
+        raise StepError(str(error).strip().splitlines()[0]) from error
+    apply_reproducibility(parsed)
+    return parsed
+
+
+def read_config_file(path: str) -> dict:
+    """The YAML mapping of a ``--config`` file; a missing file, broken YAML or YAML that is not a mapping of
+    field: value is a one-line StepError."""
+    import yaml
+
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise StepError(f"config file {path} does not exist" if not config_path.exists() else f"{path} is not a file")
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise StepError(f"config file {path} is not valid YAML{line}: {problem}") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise StepError(f"cannot read config file {path}: {error}") from error
+    if not isinstance(config, dict):
+        raise StepError(f"config file {path} must be a YAML mapping of field: value, got {type(config).__name__}")
+    return config
 
 
 def run_step(main_function, argv):
     """Run a step's main; our own errors become one line on stderr and exit code 2 instead of a traceback."""
     from rlhf_trl.data import DataValidationError
+    from rlhf_trl.guards import TrainingStoppedError
+    from rlhf_trl.reward.functions import RewardFunctionError
+    from rlhf_trl.reward.remote import RemoteRewardError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main_function(argv)
-    except (StepError, DataValidationError) as error:
+    # A reward source failing mid-run (a remote server gone after its retries, a function's signature) is one line
+    # too: the checkpoints written so far stay, and a resume continues from the last one.
+    except (
+        StepError,
+        DataValidationError,
+        OutputDirError,
+        TrainingStoppedError,
+        RewardFunctionError,
+        RemoteRewardError,
+    ) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # A full or read-only disk is the user's to fix, not a bug: one line naming the file.
+        line = disk_error_line(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+    finally:
+        release_held_locks()  # a killed run cannot: its lock is taken over by the next run, with a note
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> Path:
-    """Refuse a non-empty output dir unless overwriting was asked for, so earlier results are never clobbered."""
-    path = Path(output_dir)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise StepError(f"output_dir {output_dir} is not empty; pass --overwrite_output_dir to write into it")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+@dataclass
+class HubRequest:
+    """What ``--push_to_hub`` asked for, kept apart from the training config so the Trainer neither pushes the whole
+    folder itself nor pickles the token into ``training_args.bin``."""
+
+    push: bool = False
+    model_id: str | None = None
+    private: bool = False
+    token: str | None = None
 
 
-def check_model_path(name_or_path: str | None, what: str) -> str:
-    """Fail early on a missing local model folder; hub names are left to from_pretrained."""
+@dataclass
+class StepOutput:
+    """The output folder a step owns: its lock, the checkpoint it resumes from, and the Hub request."""
+
+    path: Path
+    resume_checkpoint: Path | None
+    hub: HubRequest
+    is_main_process: bool
+    lock: OutputLock | None = None
+
+    def save_final(self, save) -> None:
+        """``save(folder)`` writes the final model; it goes to a temporary folder first, then is renamed into
+        place, so a failed save never destroys what the folder held."""
+        try:
+            save_atomically(self.path, save, self.is_main_process)
+        except OSError as error:
+            line = disk_error_line(error, self.path)
+            if line is None:
+                raise
+            kept = latest_complete_checkpoint(self.path)
+            hint = f"; {kept} is kept: rerun with --resume_from_checkpoint true once there is room" if kept else ""
+            raise StepError(line + hint) from error
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+
+
+def redacted_command() -> str:
+    return " ".join(shlex.quote(part) for part in redact_argv(sys.argv))
+
+
+def open_step_output(training_args, run_args) -> StepOutput:
+    """Claim ``training_args.output_dir`` for this run before any model is loaded.
+
+    Lock the folder (a second run into it is refused), move earlier contents aside with ``--overwrite_output_dir``,
+    resolve ``--resume_from_checkpoint`` (true or a path) to a complete checkpoint, and take the Hub settings and
+    every secret out of ``training_args``. The main process claims the folder; the others wait, then resolve.
+    """
+    hub = HubRequest(
+        push=bool(training_args.push_to_hub),
+        model_id=training_args.hub_model_id,
+        private=bool(training_args.hub_private_repo),
+    )
+    hub.token = blank_secret_fields(training_args).get("hub_token")
+    if hub.push and not hub.model_id:
+        raise StepError("push_to_hub needs --hub_model_id")
+    # Our finish_step pushes an allow-list of files; the Trainer's own push would upload the whole folder.
+    training_args.push_to_hub = False
+    path = Path(training_args.output_dir)
+    requested = training_args.resume_from_checkpoint
+    resuming = resumes_inside(path, requested)  # from another folder's checkpoint: this folder starts a new run
+    if resuming and run_args.overwrite_output_dir:
+        raise StepError(
+            f"--overwrite_output_dir moves the checkpoints of {path} aside: it cannot be combined with resuming there"
+        )
+    is_main_process = training_args.process_index == 0
+    lock = None
+    try:
+        with training_args.main_process_first(desc="claiming the output folder"):
+            if is_main_process:
+                lock = claim_output_dir(path, run_args.overwrite_output_dir, resuming, redacted_command())
+            resume = find_resume_checkpoint(path, requested, announce=is_main_process)
+    except OutputDirError as error:
+        if lock is not None:
+            lock.release()
+        raise StepError(str(error)) from error
+    training_args.resume_from_checkpoint = str(resume) if resume is not None else None
+    if resume is not None and is_main_process:
+        print(f"resuming from {resume}", file=sys.stderr)
+    return StepOutput(path, resume, hub, is_main_process, lock)
+
+
+def check_model_path(name_or_path: str | None, what: str, needs_tokenizer: bool = False) -> str:
+    """Fail early on a missing or damaged local model folder; hub names are left to from_pretrained."""
     if not name_or_path:
         raise StepError(f"no {what} given (set model_name_or_path)")
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
             raise StepError(f"{what} {name_or_path} has no config.json: not a Hugging Face model folder")
+        problem = model_folder_problem(path, needs_tokenizer)
+        if problem:
+            raise StepError(f"{what}: {problem}")
     elif name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         # Hub ids are 'name' or 'org/name'; anything else is a local path that is not there.
         raise StepError(f"{what} {name_or_path} does not exist")
@@ -87,7 +240,7 @@ def model_init_kwargs(model_args) -> dict:
 
 def load_pretrained(model_class, name_or_path: str, what: str, **kwargs):
     """from_pretrained with a one-line error naming the model when it cannot be loaded."""
-    check_model_path(name_or_path, what)
+    check_model_path(name_or_path, what, needs_tokenizer=model_class.__name__.endswith("Tokenizer"))
     try:
         return model_class.from_pretrained(name_or_path, **kwargs)
     except (OSError, ValueError) as error:
@@ -140,6 +293,11 @@ class MetricsFileCallback(TrainerCallback):
     def __init__(self, output_dir: str | Path):
         self.path = Path(output_dir) / "metrics.jsonl"
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run continues the file: lines logged after its checkpoint are dropped, as if never interrupted.
+        if state.is_world_process_zero:
+            truncate_jsonl(self.path, state.global_step)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
             record = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
@@ -160,11 +318,12 @@ def write_run_info(output_dir, step_name, model_args, data_args, training_args, 
         "data_split": data_args.data_split,
         "hyperparameters": hyperparameters(training_args, keys),
         "final_metrics": final_metrics,
-        "command": " ".join(shlex.quote(part) for part in sys.argv),
+        "command": redacted_command(),
         "wall_time_s": round(time.time() - started, 2),
         "lora": bool(model_args.use_peft),
         "quantization": "8-bit" if model_args.load_in_8bit else ("4-bit" if model_args.load_in_4bit else None),
     }
+    info = redact_mapping(info)
     path = Path(output_dir) / "run_info.json"
     path.write_text(json.dumps(info, indent=2, default=str))
     return info
@@ -173,30 +332,34 @@ def write_run_info(output_dir, step_name, model_args, data_args, training_args, 
 STEP_TITLES = {"sft": "step 1 (SFT)", "reward": "step 2 (reward model)", "ppo": "step 3 (PPO)"}
 
 
-def finish_step(output_dir, step_name, parsed, hyperparameter_keys, final_metrics, started) -> None:
+def finish_step(output: StepOutput, step_name, parsed, hyperparameter_keys, final_metrics, started) -> None:
     """After a step saved its checkpoint (main process only): lineage record, plots, model card, optional Hub push
-    and the final metrics table. ``parsed`` is the (model, data, training, run) arguments tuple."""
+    and the final metrics table; then the folder's lock is released. ``parsed`` is the (model, data, training, run)
+    arguments tuple."""
     from rlhf_trl import hub, plots
 
     model_args, data_args, training_args, run_args = parsed
+    output_dir = output.path
     write_run_info(
         output_dir, step_name, model_args, data_args, training_args, hyperparameter_keys, final_metrics, started
     )
     if run_args.plots:
         plots.plot_step(output_dir)
     hub.write_model_card(output_dir)
-    if training_args.push_to_hub:
-        if not training_args.hub_model_id:
-            raise StepError("push_to_hub needs --hub_model_id")
-        url = hub.push_to_hub(
-            output_dir,
-            training_args.hub_model_id,
-            private=bool(training_args.hub_private_repo),
-            merge_lora=run_args.merge_lora,
-            token=training_args.hub_token,
-        )
+    if output.hub.push:
+        try:
+            url = hub.push_to_hub(
+                output_dir,
+                output.hub.model_id,
+                private=output.hub.private,
+                merge_lora=run_args.merge_lora,
+                token=output.hub.token,
+            )
+        except hub.HubPushError as error:
+            raise StepError(f"{error} (the trained model is saved in {output_dir})") from error
         logger.info("pushed %s to %s", output_dir, url)
     print_table(STEP_TITLES[step_name], final_metrics)
+    output.release()
 
 
 def print_table(title: str, rows: dict) -> None:

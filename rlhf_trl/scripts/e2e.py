@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from rlhf_trl.models import TINY_BASE
+from rlhf_trl.output_dir import (
+    OutputDirError,
+    OutputLock,
+    disk_error_line,
+    latest_complete_checkpoint,
+    move_aside,
+    visible_contents,
+)
+from rlhf_trl.redaction import redact_argv
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 STEP_DIRS = {1: "step1_sft", 2: "step2_reward", 3: "step3_ppo"}
 STEP_MODULES = {1: "rlhf_trl.scripts.sft", 2: "rlhf_trl.scripts.reward", 3: "rlhf_trl.scripts.ppo"}
 STEP_RECIPES = {1: "sft.yaml", 2: "reward.yaml", 3: "ppo.yaml"}
@@ -30,9 +37,16 @@ KEY_METRICS = {
 }
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """argparse prints the whole usage before an error; a bad flag here is reported as one ``error:`` line."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipe", default="tiny", help="recipe name under recipes/ or a folder with the 3 YAMLs")
+    parser = _OneLineErrors(prog="rlhf-trl e2e", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", default="tiny", help="shipped recipe (rlhf-trl recipes) or a folder")
     parser.add_argument("--variant", default=None, help="recipe variant, e.g. 8bit-lora: uses sft-8bit-lora.yaml etc.")
     parser.add_argument("--actor-model", default=None, help="base model of steps 1 and 3 (default: the recipe's)")
     parser.add_argument("--reward-model", default=None, help="base model of step 2 (default: the recipe's)")
@@ -46,9 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--step", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
     parser.add_argument("--actor-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
     parser.add_argument("--reward-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
+    parser.add_argument(
+        "--accelerate_config",
+        "--accelerate-config",
+        default=None,
+        help="accelerate config for every step, shipped name (rlhf-trl recipes) or file (default: the deployment's)",
+    )
     parser.add_argument("--num-processes", type=int, default=None, help="processes per node (default: config's)")
     parser.add_argument("--output-dir", default="outputs/e2e")
-    parser.add_argument("--overwrite_output_dir", "--overwrite-output-dir", action="store_true")
+    parser.add_argument(
+        "--overwrite_output_dir",
+        "--overwrite-output-dir",
+        action="store_true",
+        help="move the earlier results of the chosen steps aside (to <output-dir>.previous-<time>) and start afresh",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an earlier run in --output-dir: skip the steps that finished (run_info.json present), resume "
+        "an unfinished step from its last complete checkpoint, or restart it",
+    )
     parser.add_argument("--samples", type=int, default=4, help="sample conversations printed at the end")
     return parser
 
@@ -59,14 +90,15 @@ def recipe_file(step: int, variant: str | None) -> str:
 
 
 def recipe_dir(recipe: str, variant: str | None = None) -> Path:
-    path = Path(recipe)
-    if not path.is_dir():
-        path = RECIPES_DIR / recipe
+    from rlhf_trl import resources
+
+    try:
+        path = resources.recipe_dir(recipe)
+    except resources.ResourceNotFound as error:
+        raise SystemExit(f"error: {error}") from None
     missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
-    if not path.is_dir() or missing:
-        raise SystemExit(
-            f"error: recipe {recipe!r} not found or incomplete (missing {', '.join(missing) or 'folder'})"
-        )
+    if missing:
+        raise SystemExit(f"error: recipe {recipe!r} is incomplete (missing {', '.join(missing)})")
     return path
 
 
@@ -77,8 +109,12 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
         "--output_dir",
         str(output / STEP_DIRS[step]),
     ]
-    if args.overwrite_output_dir:
-        arguments.append("--overwrite_output_dir")
+    step_dir = output / STEP_DIRS[step]
+    if args.resume and visible_contents(step_dir):
+        # An unfinished step: continue from its last complete checkpoint, or start it again with what it left
+        # moved aside.
+        has_checkpoint = latest_complete_checkpoint(step_dir) is not None
+        arguments += ["--resume_from_checkpoint", "true"] if has_checkpoint else ["--overwrite_output_dir"]
     # Every step knows which datasets the others read, so data_split cuts only the datasets steps share.
     arguments += ["--pipeline_configs", *(str(recipe / recipe_file(other, args.variant)) for other in STEP_RECIPES)]
     if step == 1 and args.actor_model:
@@ -94,8 +130,9 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
 
 
 def run_logged(command: list[str], log_path: Path) -> int:
-    """Run a step, writing everything it prints to its log and echoing the lines that matter."""
-    with log_path.open("w") as log:
+    """Run a step, writing everything it prints to its log (after what earlier attempts wrote) and echoing the lines
+    that matter."""
+    with log_path.open("a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -176,39 +213,113 @@ def print_samples(output: Path, count: int) -> None:
 
 
 def parse_arguments(argv) -> argparse.Namespace:
-    """Command-line flags over the recipe's optional e2e.yaml defaults (keys are the flags' names)."""
+    """Command-line flags over the recipe's optional e2e.yaml defaults (keys are the flags' names), validated:
+    every problem is one ``error:`` line and exit code 2 before any step starts."""
     import yaml
 
     parser = build_parser()
     known = parser.parse_args(argv)
     defaults_file = recipe_dir(known.recipe) / "e2e.yaml"
     if defaults_file.exists():
-        defaults = yaml.safe_load(defaults_file.read_text()) or {}
+        try:
+            defaults = yaml.safe_load(defaults_file.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise SystemExit(f"error: {defaults_file} is not valid YAML: {str(error).splitlines()[0]}") from error
+        if not isinstance(defaults, dict):
+            raise SystemExit(f"error: {defaults_file} must be a YAML mapping of flag: value")
         valid = {action.dest for action in parser._actions}
         unknown = sorted(set(defaults) - valid)
         if unknown:
             raise SystemExit(f"error: {defaults_file}: unknown keys {unknown}")
         parser.set_defaults(**defaults)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_arguments(args)
+    return args
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Values argparse's types and choices cannot judge alone: counts, and ZeRO stages the deployment offers."""
+    from rlhf_trl.launch import config_for_deployment
+
+    if args.num_processes is not None and args.num_processes < 1:
+        raise SystemExit(f"error: --num-processes must be at least 1, got {args.num_processes}")
+    if args.samples < 0:
+        raise SystemExit(f"error: --samples must be 0 or more, got {args.samples}")
+    for step in args.step:
+        option = "--reward-zero-stage" if step == 2 else "--actor-zero-stage"
+        stage = args.reward_zero_stage if step == 2 else args.actor_zero_stage
+        try:
+            config_for_deployment(args.deployment_type, stage)
+        except ValueError as error:
+            raise SystemExit(f"error: {option}: {error}") from error
 
 
 def main(argv=None) -> int:
+    from rlhf_trl.resources import ResourceNotFound, accelerate_config
+
+    try:
+        args = parse_arguments(argv)
+        recipe = recipe_dir(args.recipe, args.variant)
+        chosen_config = accelerate_config(args.accelerate_config) if args.accelerate_config else None
+    except ResourceNotFound as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except SystemExit as stop:
+        if not isinstance(stop.code, str):
+            raise  # --help (0)
+        print(stop.code, file=sys.stderr)
+        return 2
+    output = Path(args.output_dir)
+    if args.resume and args.overwrite_output_dir:
+        print(
+            "error: --resume continues the earlier run, --overwrite_output_dir sets it aside: pick one",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        lock = OutputLock(output)
+        lock.acquire(" ".join(redact_argv(sys.argv)))
+    except (OSError, OutputDirError) as error:
+        line = disk_error_line(error, output) if isinstance(error, OSError) else None
+        print(f"error: {line or error}", file=sys.stderr)
+        return 2
+    try:
+        return run_steps(args, recipe, output, chosen_config)
+    finally:
+        lock.release()
+
+
+def run_steps(args, recipe: Path, output: Path, chosen_config: Path | None) -> int:
+    """The chosen steps in order, in an output folder this run holds the lock of; ``chosen_config`` is the
+    accelerate config for every step (None: each step's from the deployment type and ZeRO stage)."""
     from rlhf_trl.launch import config_for_deployment, launch_command
 
-    args = parse_arguments(argv)
-    recipe = recipe_dir(args.recipe, args.variant)
-    output = Path(args.output_dir)
-    if output.exists() and any(output.iterdir()) and not args.overwrite_output_dir:
-        print(f"error: output dir {output} is not empty; pass --overwrite_output_dir", file=sys.stderr)
+    if visible_contents(output) and not (args.resume or args.overwrite_output_dir):
+        print(
+            f"error: output dir {output} is not empty; pass --resume to skip the steps that finished and retry the "
+            "rest, or --overwrite_output_dir to move earlier results aside",
+            file=sys.stderr,
+        )
         return 2
     if args.overwrite_output_dir:
+        earlier = [output / name for name in ("e2e_summary.json", "report.html")]
         for step in args.step:
-            shutil.rmtree(output / STEP_DIRS[step], ignore_errors=True)
-    output.mkdir(parents=True, exist_ok=True)
+            earlier += [output / STEP_DIRS[step], output / f"step{step}.log"]
+        moved = move_aside(output, earlier)
+        if moved is not None:
+            print(f"note: moved the earlier results of steps {sorted(args.step)} to {moved}", file=sys.stderr)
     rows = []
     for step in sorted(args.step):
+        step_dir = output / STEP_DIRS[step]
+        if args.resume and (step_dir / "run_info.json").exists():
+            label, value = key_metric(step, step_dir)
+            wall_time = json.loads((step_dir / "run_info.json").read_text()).get("wall_time_s") or 0.0
+            print(f"==> step {step} ({STEP_DIRS[step]}) finished earlier (run_info.json present): skipped")
+            rows.append({"step": STEP_DIRS[step], "wall_time_s": wall_time, "key_metric": label, "value": value})
+            continue
         zero_stage = args.reward_zero_stage if step == 2 else args.actor_zero_stage
-        config = config_for_deployment(args.deployment_type, zero_stage)
+        config = chosen_config or config_for_deployment(args.deployment_type, zero_stage)
         command = launch_command(
             config, STEP_MODULES[step], step_arguments(step, args, recipe, output), num_processes=args.num_processes
         )
@@ -217,7 +328,11 @@ def main(argv=None) -> int:
         code = run_logged(command, output / f"step{step}.log")
         elapsed = time.time() - started
         if code != 0:
-            print(f"error: step {step} failed (exit {code}); see {output / f'step{step}.log'}", file=sys.stderr)
+            print(
+                f"error: step {step} failed (exit {code}); see {output / f'step{step}.log'}; once fixed, rerun with "
+                "--resume to keep the finished steps and retry from this one",
+                file=sys.stderr,
+            )
             return code
         label, value = key_metric(step, output / STEP_DIRS[step])
         rows.append({"step": STEP_DIRS[step], "wall_time_s": elapsed, "key_metric": label, "value": value})

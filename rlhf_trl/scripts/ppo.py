@@ -24,9 +24,9 @@ from rlhf_trl.scripts.common import (
     load_pretrained,
     load_tokenizer,
     model_init_kwargs,
+    open_step_output,
     parse_step_arguments,
     peft_config_or_none,
-    prepare_output_dir,
     run_step,
 )
 
@@ -74,12 +74,23 @@ def ptx_texts(data_args: DataArguments, datasets: list[str]):
     return Dataset.from_dict({"text": texts})
 
 
+def check_prompt_count(count: int, training_args: PPOConfig) -> None:
+    """Every PPO step takes a whole batch of prompts on every process: fewer prompts than that cannot train."""
+    processes = max(training_args.world_size, 1)
+    needed = training_args.per_device_train_batch_size * processes
+    if count < needed:
+        raise StepError(
+            f"the PPO prompt set has {count} prompt(s), but one batch needs {needed} "
+            f"(per_device_train_batch_size {training_args.per_device_train_batch_size} x {processes} process(es)): "
+            "add prompts or lower per_device_train_batch_size"
+        )
+
+
 def main(argv=None) -> int:
     parsed = parse_step_arguments((ModelConfig, DataArguments, PPOConfig, RunArguments), argv)
     model_args, data_args, training_args, run_args = parsed
     started = time.time()
-    resuming = bool(training_args.resume_from_checkpoint)
-    output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir or resuming)
+    output = open_step_output(training_args, run_args)
     if not training_args.reward_model_path and not training_args.reward_funcs:
         raise StepError("PPO needs a reward: set reward_model_path and/or reward_funcs")
     actor_path = resolve_model_name(model_args.model_name_or_path)
@@ -104,6 +115,7 @@ def main(argv=None) -> int:
     gold_funcs = load_functions([run_args.gold_scorer], "gold_scorer") if run_args.gold_scorer else None
     data = load_step_datasets(data_args, step=3)
     print(data.summary)
+    check_prompt_count(len(data.train), training_args)
 
     init_kwargs = {**model_init_kwargs(model_args), **remote_code}
     actor = load_pretrained(AutoModelForCausalLM, actor_path, "actor model", **init_kwargs)
@@ -149,9 +161,9 @@ def main(argv=None) -> int:
         last = trainer.log_history[-1]
         final_metrics.update({key: value for key, value in last.items() if key.startswith(("objective/", "time/"))})
     final_metrics["rollout_backend"] = trainer.rollout_backend_in_use
-    trainer.save_model(str(output_dir))
+    output.save_final(lambda folder: trainer.save_model(str(folder)))
     if trainer.accelerator.is_main_process:
-        finish_step(output_dir, "ppo", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, "ppo", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

@@ -14,6 +14,7 @@ from trl import ModelConfig, RewardConfig, RewardTrainer
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
+from rlhf_trl.guards import DivergenceCallback
 from rlhf_trl.models import match_embeddings, resolve_model_name
 from rlhf_trl.rewards import RewardModelScorer
 from rlhf_trl.scripts.common import (
@@ -22,9 +23,9 @@ from rlhf_trl.scripts.common import (
     load_pretrained,
     load_tokenizer,
     model_init_kwargs,
+    open_step_output,
     parse_step_arguments,
     peft_config_or_none,
-    prepare_output_dir,
     run_step,
     trainable_in_float32_on_cpu,
 )
@@ -58,7 +59,8 @@ def main(argv=None) -> int:
     parsed = parse_step_arguments((ModelConfig, DataArguments, RewardConfig, RunArguments), argv)
     model_args, data_args, training_args, run_args = parsed
     started = time.time()
-    output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
+    output = open_step_output(training_args, run_args)
+    output_dir = output.path
     model_path = resolve_model_name(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path, "model", training_args.pad_token, training_args.trust_remote_code)
     data = load_step_datasets(data_args, step=2)
@@ -72,6 +74,7 @@ def main(argv=None) -> int:
         from rlhf_trl.kwise import KWiseRewardTrainer
 
         trainer_class = KWiseRewardTrainer
+    divergence = DivergenceCallback(run_args.divergence_factor)
     trainer = trainer_class(
         model=model,
         args=training_args,
@@ -79,11 +82,18 @@ def main(argv=None) -> int:
         eval_dataset=data.eval,
         processing_class=tokenizer,
         peft_config=peft_config_or_none(model_args),
-        callbacks=[MetricsFileCallback(output_dir)],
+        callbacks=[MetricsFileCallback(output_dir), divergence],
     )
     trainable_in_float32_on_cpu(trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(str(output_dir))
+    divergence.raise_if_diverged()  # before saving: a diverged model must not become the step's result
+
+    def save(folder):
+        trainer.save_model(str(folder))
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(str(folder))
+
+    output.save_final(save)
     final_metrics = trainer.evaluate() if data.eval is not None else {}
     if trainer.accelerator.is_main_process:
         if data.eval is not None and not ranked:
@@ -93,8 +103,7 @@ def main(argv=None) -> int:
             final_metrics["eval_pair_accuracy"] = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
             final_metrics["eval_mean_chosen_score"] = sum(chosen) / len(chosen)
             final_metrics["eval_mean_rejected_score"] = sum(rejected) / len(rejected)
-        tokenizer.save_pretrained(str(output_dir))
-        finish_step(output_dir, "reward", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, "reward", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

@@ -15,6 +15,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer
 
 from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
+from rlhf_trl.guards import DivergenceCallback
 from rlhf_trl.models import match_embeddings, resolve_model_name
 from rlhf_trl.scripts.common import (
     MetricsFileCallback,
@@ -24,9 +25,9 @@ from rlhf_trl.scripts.common import (
     load_pretrained,
     load_tokenizer,
     model_init_kwargs,
+    open_step_output,
     parse_step_arguments,
     peft_config_or_none,
-    prepare_output_dir,
     run_step,
     trainable_in_float32_on_cpu,
 )
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
     parsed = parse_step_arguments((ModelConfig, DataArguments, SFTConfig, RunArguments), argv)
     model_args, data_args, training_args, run_args = parsed
     started = time.time()
-    output_dir = prepare_output_dir(training_args.output_dir, run_args.overwrite_output_dir)
+    output = open_step_output(training_args, run_args)
+    output_dir = output.path
     model_path = resolve_model_name(model_args.model_name_or_path)
     tokenizer = load_tokenizer(model_path, "model", training_args.pad_token, training_args.trust_remote_code)
     gold_functions = load_functions([run_args.gold_scorer] if run_args.gold_scorer else None, "gold_scorer")
@@ -120,6 +122,7 @@ def main(argv=None) -> int:
         gold_function = gold_functions[0]
         final_metrics["base_gold_score"] = mean_gold_score(gold_function, model, tokenizer, prompts)
 
+    divergence = DivergenceCallback(run_args.divergence_factor)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
@@ -127,18 +130,24 @@ def main(argv=None) -> int:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config_or_none(model_args),
-        callbacks=[MetricsFileCallback(output_dir)],
+        callbacks=[MetricsFileCallback(output_dir), divergence],
     )
     trainable_in_float32_on_cpu(trainer.model)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(str(output_dir))
+    divergence.raise_if_diverged()  # before saving: a diverged model must not become the step's result
+
+    def save(folder):
+        trainer.save_model(str(folder))
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(str(folder))
+
+    output.save_final(save)
     if data.eval is not None:
         final_metrics.update(trainer.evaluate())
     if gold_function is not None:
         final_metrics["eval_gold_score"] = mean_gold_score(gold_function, trainer.model, tokenizer, prompts)
     if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(str(output_dir))
-        finish_step(output_dir, "sft", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, "sft", parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -16,7 +17,8 @@ from .task import DIGITS, make_records
 
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 WORDS = ["Human:", "Assistant:", "sort", *DIGITS]
-DEFAULT_CACHE = Path(os.environ.get("RLHF_TRL_CACHE", Path.home() / ".cache" / "rlhf_trl")) / "tiny-base"
+# The version suffix changes whenever the build does, so a base cached by an older build is never reused.
+DEFAULT_CACHE = Path(os.environ.get("RLHF_TRL_CACHE", Path.home() / ".cache" / "rlhf_trl")) / "tiny-base-v2"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -46,6 +48,23 @@ def build_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, laye
         attention_dropout=0.0,
         activation_dropout=0.0,
     )
+
+
+@contextmanager
+def one_thread_deterministic():
+    """One torch thread and deterministic algorithms for the block: the summation order of every matrix product is
+    then the same whatever the core count, so the base model is the same on every machine (of one instruction set).
+    """
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def pretrain(model: OPTForCausalLM, tokenizer: PreTrainedTokenizerFast, steps: int, seed: int) -> list[float]:
@@ -79,9 +98,10 @@ def build_tiny_base(output_dir: str | os.PathLike | None = None, steps: int = 15
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    torch.manual_seed(seed)
-    model = OPTForCausalLM(build_config(tokenizer))
-    pretrain(model, tokenizer, steps, seed)
+    with one_thread_deterministic():
+        torch.manual_seed(seed)
+        model = OPTForCausalLM(build_config(tokenizer))
+        pretrain(model, tokenizer, steps, seed)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     staging = Path(tempfile.mkdtemp(prefix=".tiny-base-", dir=target.parent))
