@@ -129,12 +129,20 @@ def test_pad_share_counts_masked_positions():
     assert pad_share([]) == 0.0
 
 
-@pytest.mark.parametrize("recompute", [True, False])
-def test_trainer_scores_packed_like_padded(tmp_path, tiny_base_dir, tiny_reward_dir, recompute):
+@pytest.mark.parametrize(
+    ("recompute", "models"),
+    [
+        (True, ("tiny_base_dir", "tiny_reward_dir")),
+        (False, ("tiny_base_dir", "tiny_reward_dir")),
+        (True, ("tiny_chat_dir", "tiny_chat_reward_dir")),
+    ],
+)
+def test_trainer_scores_packed_like_padded(request, tmp_path, recompute, models):
     import ppo_helpers
 
+    actor_dir, reward_dir = (request.getfixturevalue(name) for name in models)
     trainer = ppo_helpers.build(
-        tmp_path, tiny_base_dir, tiny_reward_dir, max_steps=1, num_mini_batches=1, recompute_rollout_logprobs=recompute
+        tmp_path, actor_dir, reward_dir, max_steps=1, num_mini_batches=1, recompute_rollout_logprobs=recompute
     )
     rollout = trainer.generate(trainer.next_batch())
     from_generation = rollout.logprobs
