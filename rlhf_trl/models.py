@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -45,10 +46,29 @@ def merged_adapter(adapter_dir: Path) -> Path:
     if (target / "config.json").exists():
         return target
     staging = Path(tempfile.mkdtemp(prefix=".merge-", dir=ensure_dir(target.parent)))
-    merge_adapter(adapter_dir, staging)
+    with whole_weights_on_load():
+        merge_adapter(adapter_dir, staging)
     os.replace(staging, target)
     logger.info("merged LoRA adapter %s into %s", adapter_dir, target)
     return target
+
+
+@contextlib.contextmanager
+def whole_weights_on_load():
+    """Models loaded inside keep every weight, even in a process where ZeRO-3 partitions models at load time (a step
+    launched with a ZeRO-3 config). Merging an adapter needs the whole base; partitioned, its weights are empty."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    if not hf_deepspeed.is_deepspeed_zero3_enabled():
+        yield
+        return
+    # transformers keeps the active DeepSpeed config behind this module-level weak reference; set it back after.
+    config = hf_deepspeed._hf_deepspeed_config_weak_ref()
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed.set_hf_deepspeed_config(config)
 
 
 def ensure_dir(path: Path) -> Path:

@@ -62,10 +62,14 @@ class RewardModelScorer:
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 32, max_length: int | None = None):
+        from accelerate.utils import extract_model_from_parallel
+
         self.model = model
+        # Under DeepSpeed the frozen reward model is an engine whose ``config`` is DeepSpeed's: read the model's own.
+        self.config = extract_model_from_parallel(model).config
         self.tokenizer = tokenizer
         self.batch_size = batch_size
-        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
+        self.max_length = max_length or getattr(self.config, "max_position_embeddings", None)
         self.__name__ = "reward_model"
 
     def encode(self, prompt, completion) -> list[int]:
@@ -79,10 +83,10 @@ class RewardModelScorer:
         if self.max_length is not None:
             sequences = [ids[-self.max_length :] for ids in sequences]
         # The head pools at the last token that is not the config's pad id, so padding uses that id, as in training.
-        pad_id = self.model.config.pad_token_id
+        pad_id = self.config.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            self.model.config.pad_token_id = pad_id
+            self.config.pad_token_id = pad_id
         scores = []
         for start in range(0, len(sequences), self.batch_size):
             rows = sequences[start : start + self.batch_size]

@@ -221,3 +221,90 @@ def build_tiny_chat_base(
         shutil.rmtree(target)
     os.replace(staging, target)
     return target
+
+
+# Tiny *random* stand-ins for real checkpoints ----------------------------------------------------------------------
+# Recipe tests replace a recipe's Hub model (facebook/opt-1.3b, Qwen/Qwen2.5-0.5B-Instruct, ...) with a model of the
+# same class and the same tokenizer conventions, only tiny and untrained: what matters there is that the recipe's
+# settings (LoRA target modules, 8-bit loading, chat template, special tokens, ZeRO) work with the architecture.
+
+OPT_SPECIAL_TOKENS = {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>", "pad_token": "<pad>"}
+
+
+def build_opt_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with OPT's conventions: ``</s>`` is both BOS and EOS and is prepended to every
+    encoded text, ``<pad>`` is separate, ids 0-3 are ``<s> <pad> </s> <unk>``, right padding and no chat template
+    (OPT is a plain language model: DS-Chat feeds it ``Human: ... Assistant: ...`` text)."""
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=320,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(), trainer=trainer)
+    bos = OPT_SPECIAL_TOKENS["bos_token"]
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, backend.token_to_id(bos))]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **OPT_SPECIAL_TOKENS)
+
+
+def _opt_config(tokenizer, projected: bool, hidden_size: int, layers: int):
+    from transformers import OPTConfig
+
+    return OPTConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        # OPT-350m embeds in a smaller space (project_in/project_out) and normalises after each block; the other
+        # sizes (1.3b, 13b, ...) embed at the hidden size and normalise before.
+        word_embed_proj_dim=hidden_size // 2 if projected else hidden_size,
+        do_layer_norm_before=not projected,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        ffn_dim=4 * hidden_size,
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        dropout=0.1,  # as the real checkpoints: the recipes must turn it off where DS-Chat does
+        attention_dropout=0.0,
+    )
+
+
+# The layouts build_tiny_random_model can write, with the real checkpoints each stands in for.
+RANDOM_FAMILIES = {
+    "opt": "facebook/opt-1.3b, opt-6.7b, opt-13b layout (pre-norm, embeddings at the hidden size)",
+    "opt-350m": "facebook/opt-350m layout (post-norm, projected embeddings)",
+    "llama": "Llama-3 chat layout",
+    "qwen2": "Qwen2/Qwen2.5 chat layout",
+}
+
+
+def build_tiny_random_model(
+    output_dir: str | os.PathLike, family: str, hidden_size: int = 32, layers: int = 2, seed: int = 0
+) -> Path:
+    """Write an untrained tiny causal LM of ``family`` (see ``RANDOM_FAMILIES``) and its tokenizer to ``output_dir``
+    and return the folder. Chat families get the special tokens and chat template of ``build_chat_tokenizer``."""
+    if family not in RANDOM_FAMILIES:
+        raise ValueError(f"unknown model family {family!r}; choose one of {', '.join(RANDOM_FAMILIES)}")
+    torch.manual_seed(seed)
+    if family.startswith("opt"):
+        from transformers import OPTForCausalLM
+
+        tokenizer = build_opt_tokenizer()
+        model = OPTForCausalLM(_opt_config(tokenizer, family == "opt-350m", hidden_size, layers))
+    else:
+        tokenizer = build_chat_tokenizer(family)
+        config = build_config(tokenizer, family, hidden_size=hidden_size, layers=layers)
+        config.max_position_embeddings = 1024
+        model = FAMILIES[family].model_class(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    target = Path(output_dir)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
