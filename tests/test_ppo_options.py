@@ -127,6 +127,7 @@ def test_separate_actor_and_critic_learning_rates(tmp_path, tiny_base_dir, tiny_
         max_steps=2,
     )
     trainer.train()
-    actor_lr, critic_lr = trainer.scheduler.get_last_lr()
+    rates = trainer.scheduler.get_last_lr()  # groups: actor, actor_no_decay, critic, critic_no_decay
+    actor_lr, critic_lr = rates[0], rates[-1]
     assert critic_lr == pytest.approx(5e-3)
     assert actor_lr < 1e-3  # linear decay, while the critic keeps a constant rate

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("sft", "reward", "ppo")
 STEP_OUTPUT_FOLDERS = {"sft": "step1_sft", "reward": "step2_reward", "ppo": "step3_ppo"}
 # Recipes with their own tests (tiny-sort, tiny-base): test_e2e.py and test_lora_8bit.py run them.
-RUN_ELSEWHERE = {"tiny"}
+RUN_ELSEWHERE = {"tiny", "tiny-chat"}  # each has its own end-to-end quality test
 
 # The model each recipe names on the Hub -> the layout of its tiny random stand-in (rlhf_trl.tiny.chat_model).
 MODEL_STAND_INS = {

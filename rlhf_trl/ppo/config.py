@@ -11,6 +11,7 @@ from typing import Any
 from transformers import GenerationConfig, TrainingArguments
 
 from rlhf_trl.configs import ConfigError, Range, check_ranges, check_training_arguments
+from rlhf_trl.ppo.config_fields import check_inherited_fields
 
 ROLLOUT_BACKENDS = ("hf", "deepspeed")
 KL_ESTIMATORS = ("k1", "k2", "k3")
@@ -176,8 +177,16 @@ class PPOConfig(TrainingArguments):
     num_samples_to_log: int = field(default=4, metadata={"help": "Sample answers written to samples.jsonl per log."})
     eval_prompts_limit: int = field(default=200, metadata={"help": "Held-out prompts used for each evaluation."})
     logging_steps: float = field(default=1, metadata={"help": "Log every this many PPO steps."})
+    logging_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where tracker files (TensorBoard events, ...) go; default: $TENSORBOARD_LOGGING_DIR, else "
+            "output_dir/runs (as Trainer)."
+        },
+    )
 
     def __post_init__(self):
+        check_inherited_fields(self)  # before TrainingArguments rewrites report_to and friends
         super().__post_init__()
         check_training_arguments(self)
         check_ranges(self, PPO_RANGES)

@@ -1,11 +1,13 @@
-"""One optimizer for actor and critic with separate learning rates and schedules (two parameter groups), so a
-single Accelerate/DeepSpeed engine trains both."""
+"""One optimizer for actor and critic with separate learning rates and schedules (parameter groups), so a single
+Accelerate/DeepSpeed engine trains both. The optimizer is the one ``optim`` names, as in Transformers' Trainer, and
+biases and norm weights get no weight decay."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+from transformers import Trainer
 
 
 def schedule_factor(name: str, warmup_steps: int, total_steps: int):
@@ -32,29 +34,49 @@ def optimizer_steps(args, ppo_steps: int) -> int:
     return ppo_steps * args.num_mini_batches * args.num_ppo_epochs
 
 
+def decay_parameter_names(module: torch.nn.Module) -> set[str]:
+    """Names of the parameters that get weight decay: all but biases and norm weights, decided exactly as by
+    Transformers' Trainer (its method reads nothing from the trainer instance, so it is called unbound)."""
+    return set(Trainer.get_decay_parameter_names(None, module))
+
+
+def parameter_groups(wrapper, args) -> list[dict]:
+    """Up to four groups, actor groups first: (actor, critic) x (with, without weight decay), each with its own
+    learning rate. Empty groups are left out."""
+    groups = []
+    for role, module, learning_rate in (
+        ("actor", wrapper.policy, args.learning_rate),
+        ("critic", wrapper.critic, args.critic_learning_rate),
+    ):
+        trainable = [(name, parameter) for name, parameter in module.named_parameters() if parameter.requires_grad]
+        if not trainable:
+            raise ValueError(f"the {role} has no trainable parameters")
+        decayed = decay_parameter_names(module)
+        for suffix, weight_decay, with_decay in (("", args.weight_decay, True), ("_no_decay", 0.0, False)):
+            params = [parameter for name, parameter in trainable if (name in decayed) == with_decay]
+            if params:
+                groups.append(
+                    {"params": params, "lr": learning_rate, "weight_decay": weight_decay, "name": role + suffix}
+                )
+    return groups
+
+
 def build_optimizer_and_scheduler(wrapper, args, ppo_steps: int):
-    """AdamW over two groups (actor, critic) and a LambdaLR holding one schedule per group."""
-    actor = [p for p in wrapper.policy.parameters() if p.requires_grad]
-    critic = [p for p in wrapper.critic.parameters() if p.requires_grad]
-    if not actor:
-        raise ValueError("the actor has no trainable parameters")
-    if not critic:
-        raise ValueError("the critic has no trainable parameters")
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": actor, "lr": args.learning_rate, "name": "actor"},
-            {"params": critic, "lr": args.critic_learning_rate, "name": "critic"},
-        ],
-        betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon,
-        weight_decay=args.weight_decay,
-    )
+    """The optimizer named by ``args.optim`` (chosen by Transformers' own factory, with its optim_args) over the
+    actor and critic groups, and a LambdaLR holding the actor's or the critic's schedule for each group."""
+    groups = parameter_groups(wrapper, args)
+    optimizer_class, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args)
+    optimizer_kwargs.pop("lr", None)  # each group carries its own learning rate
+    optimizer = optimizer_class(groups, **optimizer_kwargs)
     total = optimizer_steps(args, ppo_steps)
     warmup = args.get_warmup_steps(total)
     actor_schedule = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
     critic_schedule = args.critic_lr_scheduler_type or actor_schedule
+    factors = {
+        "actor": schedule_factor(actor_schedule, warmup, total),
+        "critic": schedule_factor(critic_schedule, warmup, total),
+    }
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        [schedule_factor(actor_schedule, warmup, total), schedule_factor(critic_schedule, warmup, total)],
+        optimizer, [factors[group["name"].split("_")[0]] for group in optimizer.param_groups]
     )
     return optimizer, scheduler

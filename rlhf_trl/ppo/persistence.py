@@ -13,6 +13,7 @@ from rlhf_trl.guards import warn_if_rng_state_unusable
 from rlhf_trl.output_dir import truncate_jsonl
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo.experience import Rollout
+from rlhf_trl.ppo.run_logger import SHOWN
 
 logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
@@ -22,32 +23,31 @@ class PersistenceMixin:
         step = self.state["global_step"]
         record = {"step": step, **{key: round(float(value), 6) for key, value in metrics.items()}}
         self.log_history.append(record)
-        if not self.accelerator.is_main_process:
-            return
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        with (self.output_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        with (self.output_dir / "samples.jsonl").open("a") as handle:
-            for index in range(min(self.args.num_samples_to_log, len(rollout))):
-                handle.write(
-                    json.dumps(
-                        {
-                            "step": step,
-                            "prompt": rollout.prompts[index],
-                            "completion": rollout.completions[index],
-                            "score": float(rollout.raw_scores[index]),
-                            "gold_score": None if rollout.gold_scores is None else float(rollout.gold_scores[index]),
-                        }
-                    )
-                    + "\n"
-                )
-        shown = ["objective/score", "objective/gold_score", "objective/kl", "policy/clip_fraction", "response/length"]
-        logger.info(
-            "step %d/%d  %s",
-            step,
-            self.max_steps,
-            "  ".join(f"{key.split('/')[-1]}={metrics[key]:.3f}" for key in shown if key in metrics),
-        )
+        samples = [
+            {
+                "step": step,
+                "prompt": rollout.prompts[index],
+                "completion": rollout.completions[index],
+                "score": float(rollout.raw_scores[index]),
+                "gold_score": None if rollout.gold_scores is None else float(rollout.gold_scores[index]),
+            }
+            for index in range(min(self.args.num_samples_to_log, len(rollout)))
+        ]
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with (self.output_dir / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            with (self.output_dir / "samples.jsonl").open("a") as handle:
+                handle.writelines(json.dumps(sample) + "\n" for sample in samples)
+        # Trackers see exactly the rounded values of metrics.jsonl, at the same step.
+        self.run_logger.log(record, samples)
+        if self.accelerator.is_main_process:
+            logger.info(
+                "step %d/%d  %s",
+                step,
+                self.max_steps,
+                "  ".join(f"{key.split('/')[-1]}={metrics[key]:.3f}" for key in SHOWN if key in metrics),
+            )
 
     @torch.no_grad()
     def save_checkpoint(self) -> Path:

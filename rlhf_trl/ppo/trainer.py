@@ -39,6 +39,7 @@ from rlhf_trl.ppo.modeling import (
 )
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
 from rlhf_trl.ppo.persistence import PersistenceMixin
+from rlhf_trl.ppo.run_logger import RunLogger, build_trackers
 from rlhf_trl.reward.functions import TRLRewardKwargs
 from rlhf_trl.rewards import CombinedReward, RewardModelScorer, first_invalid_score
 
@@ -97,6 +98,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             mixed_precision="bf16" if args.bf16 else ("fp16" if args.fp16 else "no"),
             cpu=args.use_cpu and not deepspeed_launch,
+            log_with=build_trackers(args),
         )
         set_seed(args.seed)
         plugin = self.accelerator.state.deepspeed_plugin
@@ -182,6 +184,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "training_s": 0.0}
         self.output_dir = Path(args.output_dir)
         self.log_history: list[dict] = []
+        self.run_logger = RunLogger(self.accelerator, args, self.max_steps)
 
     # ------------------------------------------------------------------------------------------------ set-up helpers
     def _add_adapters(self, model, value_model, peft_config):
@@ -596,8 +599,10 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         while self.state["global_step"] < self.max_steps:
             last = self.step()
             step = self.state["global_step"]
-            if args.save_steps and step % int(args.save_steps) == 0 and step < self.max_steps:
+            saving = str(getattr(args.save_strategy, "value", args.save_strategy)) == "steps"
+            if saving and args.save_steps and step % int(args.save_steps) == 0 and step < self.max_steps:
                 self.save_checkpoint()
+        self.run_logger.finish()
         return last
 
     def _reward_call_kwargs(self, completion_ids: torch.Tensor) -> dict:
@@ -637,10 +642,17 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         )
         self.kl_controller.update(metrics["objective/kl"], self.args.rollout_batch_size)
         step = self.state["global_step"]
-        if self.eval_prompts is not None and self.args.eval_steps and step % int(self.args.eval_steps) == 0:
+        evaluating = str(getattr(self.args.eval_strategy, "value", self.args.eval_strategy)) == "steps"
+        if (
+            evaluating
+            and self.eval_prompts is not None
+            and self.args.eval_steps
+            and step % int(self.args.eval_steps) == 0
+        ):
             metrics.update(self.evaluate())
         if step % max(1, int(self.args.logging_steps)) == 0 or step == self.max_steps:
             self._log(metrics, rollout)
+        self.run_logger.advance(step, metrics)
         return metrics
 
     def _measure_reference_scores(self) -> None:

@@ -84,21 +84,22 @@ def to_messages(prompt: str, completion: str | None = None) -> list[dict]:
     return messages
 
 
-def conversational_records(split: str, count: int) -> list[dict]:
-    """``task.make_records`` in TRL's conversational formats: prompt/completion as message lists, preference pairs
-    with a conversational prompt and assistant turns, prompt-only as a message list."""
-    converted = []
-    for record in task.make_records(split, count):
-        if "text" in record:
-            prompt, answer = record["text"].split(" Assistant:", 1)
-            converted.append({"messages": to_messages(prompt + " Assistant:", answer)})
-            continue
-        item = {"prompt": to_messages(record["prompt"])}
-        for key in ("completion", "chosen", "rejected"):
-            if key in record:
-                item[key] = [{"role": "assistant", "content": record[key].strip()}]
-        converted.append(item)
+def conversational_record(record: dict) -> dict:
+    """One task record in TRL's conversational format: prompt/completion as message lists, a preference pair
+    with a conversational prompt and assistant turns, a prompt-only record as a message list."""
+    if "text" in record:
+        prompt, answer = record["text"].split(" Assistant:", 1)
+        return {"messages": to_messages(prompt + " Assistant:", answer)}
+    converted = {"prompt": to_messages(record["prompt"])}
+    for key in ("completion", "chosen", "rejected"):
+        if key in record:
+            converted[key] = [{"role": "assistant", "content": record[key].strip()}]
     return converted
+
+
+def conversational_records(split: str, count: int) -> list[dict]:
+    """``task.make_records`` in TRL's conversational formats (see ``conversational_record``)."""
+    return [conversational_record(record) for record in task.make_records(split, count)]
 
 
 def _corpus() -> list[str]:
