@@ -11,7 +11,7 @@ OUTPUT_DIR ?= outputs/demo
 LATEST_VENV ?= .venv-latest
 LOCK_VENV ?= .venv-lock
 
-.PHONY: install check-lock lock demo test test-fast test-latest test-gpu bench bench-memory lint clean
+.PHONY: install check-lock lock demo test test-fast test-latest test-gpu bench bench-memory gpu-wheels gpu-check lint clean
 
 check-lock:
 	@$(PYTHON) .ci/lock.py check
@@ -62,6 +62,13 @@ bench: install
 
 bench-memory: install
 	$(PY) -m rlhf_trl.bench_memory --size opt-125m --append
+
+# GPU machine (torch + CUDA, no network, no .venv): wheels carried in .whl/, filled here by `make gpu-wheels`.
+gpu-wheels:
+	benchmarks/gpu_wheels.sh --constraints $(LOCK)
+
+gpu-check:
+	benchmarks/gpu_check.sh
 
 lint: install
 	$(VENV)/bin/ruff check rlhf_trl tests

@@ -157,6 +157,21 @@ class PPOConfig(TrainingArguments):
         default=True,
         metadata={"help": "With LoRA (use_peft): train the critic through adapters too (its score head fully)."},
     )
+    # Speed ----------------------------------------------------------------------------------------------------------
+    recompute_rollout_logprobs: bool = field(
+        default=False,
+        metadata={
+            "help": "Score the rollout with a separate actor forward instead of taking the actor's log-probs from the "
+            "logits generation already produced (the hf backend gives them; others always recompute)."
+        },
+    )
+    max_tokens_per_micro_batch: int | None = field(
+        default=None,
+        metadata={
+            "help": "Padding-free scoring: pack samples without pad tokens into micro-batches of at most this many "
+            "tokens (rlhf_trl.ppo.packing); None: padded micro-batches of micro_batch_size samples."
+        },
+    )
     # Misc -----------------------------------------------------------------------------------------------------------
     disable_dropout: bool = field(default=True, metadata={"help": "Turn dropout off in every model (DS-Chat)."})
     num_samples_to_log: int = field(default=4, metadata={"help": "Sample answers written to samples.jsonl per log."})

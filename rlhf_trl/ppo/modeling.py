@@ -61,9 +61,12 @@ class PolicyAndValueWrapper(nn.Module):
         self.policy = policy
         self.critic = CriticValues(value_model)
 
-    def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True):
-        """-> (logits [B, L, V], values [B, L] or None)"""
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True, with_logits: bool = True):
+        """-> (logits [B, L, V] or None, values [B, L] or None). ``with_logits=False`` skips the actor: scoring
+        does so when generation already gave the rollout's log-probs."""
+        logits = None
+        if with_logits:
+            logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
         values = self.critic(input_ids, attention_mask, position_ids) if with_values else None
         return logits, values
 

@@ -2,16 +2,21 @@
 
 Every backend has ``generate(prompt_ids, prompt_mask) -> completion_ids`` and ``sync_weights()``. The trainer only
 talks to this interface, so a faster engine can be plugged in without touching the PPO maths.
+``generate_with_logprobs`` also returns the actor's per-token log-probs of the sampled answer where the backend can
+read them from the logits it decoded with (the ``hf`` backend), which saves the actor's scoring forward.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from abc import ABC, abstractmethod
 from contextlib import contextmanager, nullcontext
 
 import torch
 from transformers import GenerationConfig
+
+from rlhf_trl.ppo.losses import logprobs_from_logits
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,13 @@ class RolloutBackend(ABC):
         """prompt_ids, prompt_mask: [batch, prompt_len], left-padded. Returns the new tokens only:
         [batch, completion_len], padded on the right with the pad token after each sequence ends."""
 
+    def generate_with_logprobs(
+        self, prompt_ids: torch.LongTensor, prompt_mask: torch.LongTensor, temperature: float
+    ) -> tuple[torch.LongTensor, torch.Tensor | None]:
+        """Like ``generate``, plus log-probs [batch, completion_len] of the sampled tokens at ``temperature`` from
+        the decoding logits, or None where the backend cannot give them (then the trainer runs a forward)."""
+        return self.generate(prompt_ids, prompt_mask), None
+
     def sync_weights(self) -> None:  # noqa: B027 - a no-op is right for backends that generate with the actor itself
         """Make the generation engine use the actor's latest weights (called after every PPO update)."""
 
@@ -82,6 +94,21 @@ class HFRollout(RolloutBackend):
 
     @torch.no_grad()
     def generate(self, prompt_ids, prompt_mask):
+        return self._generate(prompt_ids, prompt_mask, None)[0]
+
+    @torch.no_grad()
+    def generate_with_logprobs(self, prompt_ids, prompt_mask, temperature):
+        return self._generate(prompt_ids, prompt_mask, temperature)
+
+    def _generate(self, prompt_ids, prompt_mask, temperature: float | None):
+        """-> (completion ids, log-probs or None). ``temperature`` None: no log-probs asked for."""
+        # Raw logits (``output_logits``), not ``scores``: scores went through the logits processors (top-k/top-p
+        # set filtered tokens to -inf, temperature is already applied), while PPO's log-probs are
+        # log softmax(raw logits / temperature), as losses.logprobs_from_logits computes them from a forward.
+        config = self.generation_config
+        if temperature is not None:
+            config = copy.deepcopy(config)
+            config.output_logits, config.return_dict_in_generate = True, True
         with gathered_policy(self.model, self.accelerator) as model:
             was_training = model.training
             model.eval()
@@ -91,8 +118,19 @@ class HFRollout(RolloutBackend):
                 output = model.generate(
                     input_ids=prompt_ids,
                     attention_mask=prompt_mask,
-                    generation_config=self.generation_config,
+                    generation_config=config,
                     tokenizer=self.tokenizer,  # needed for stop_strings
                 )
             model.train(was_training)
-        return output[:, prompt_ids.shape[1] :]
+        if temperature is None:
+            return output[:, prompt_ids.shape[1] :], None
+        completion_ids = output.sequences[:, prompt_ids.shape[1] :]
+        if completion_ids.shape[1] == 0:
+            return completion_ids, None
+        # One [batch, vocab] logits tensor per generated token: taken step by step, so no [batch, length, vocab]
+        # copy is made (the price of skipping the forward is holding these logits until generation ends).
+        logprobs = [
+            logprobs_from_logits(step_logits[:, None], completion_ids[:, step : step + 1], temperature)
+            for step, step_logits in enumerate(output.logits)
+        ]
+        return completion_ids, torch.cat(logprobs, dim=1)

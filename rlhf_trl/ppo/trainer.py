@@ -24,7 +24,7 @@ from transformers import GenerationConfig
 from rlhf_trl.chat import as_completions, completion_texts, encode_prompts, is_conversation
 from rlhf_trl.guards import InvalidRewardError, TrainingDivergedError, agree_any, any_process
 from rlhf_trl.ppo import checkpoint as checkpoints
-from rlhf_trl.ppo import losses
+from rlhf_trl.ppo import losses, packing
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.distributed import DistributedSetupMixin
 from rlhf_trl.ppo.experience import PromptSampler, Rollout, ScoreNormalizer
@@ -306,8 +306,15 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
     @torch.no_grad()
     def generate(self, batch: dict) -> Rollout:
         """Sample completions for a batch of prompts; everything after the first EOS becomes padding."""
-        completion_ids = self.rollout.generate(batch["prompt_ids"], batch["prompt_mask"])
+        # Speed hook: log-probs from the decoding logits (rollout.py) spare score() the actor's forward.
+        if self.args.recompute_rollout_logprobs:
+            completion_ids, rollout_logprobs = self.rollout.generate(batch["prompt_ids"], batch["prompt_mask"]), None
+        else:
+            completion_ids, rollout_logprobs = self.rollout.generate_with_logprobs(
+                batch["prompt_ids"], batch["prompt_mask"], self.args.temperature
+            )
         if completion_ids.shape[1] == 0:  # every sequence stopped at once; keep one pad column so shapes hold
+            rollout_logprobs = None
             completion_ids = torch.full(
                 (completion_ids.shape[0], 1), self.tokenizer.pad_token_id, device=completion_ids.device
             )
@@ -322,6 +329,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             completion_ids=completion_ids,
             completion_mask=mask,
             completions=completions,
+            logprobs=rollout_logprobs.float() if rollout_logprobs is not None else None,
         )
 
     def _micro_batches(self, size: int, batch_size: int):
@@ -344,17 +352,28 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         prompt_length = rollout.prompt_ids.shape[1]
         logprobs, ref_logprobs, values = [], [], []
         self.model.eval()
-        for part in self._micro_batches(len(rollout), args.micro_batch_size):
+        # Speed hook: padding-free scoring (packing.py) replaces the padded micro-batches below.
+        packed = args.max_tokens_per_micro_batch is not None
+        if packed:
+            actor, reference, value = packing.score_packed(
+                self.model, self._reference_logits, rollout, args.temperature, args.max_tokens_per_micro_batch,
+                self.policy.dtype,
+            )  # fmt: skip
+            logprobs, ref_logprobs, values = [actor] if actor is not None else [], [reference], [value]
+        for part in self._micro_batches(0 if packed else len(rollout), args.micro_batch_size):
             ids, mask, positions = input_ids[part], attention_mask[part], position_ids[part]
             completion = rollout.completion_ids[part]
-            logits, value = self.model(ids, mask, positions)
-            logprobs.append(completion_logprobs(logits, completion, prompt_length, args.temperature))
+            # Speed hook: no actor forward when generation gave the log-probs (recompute_rollout_logprobs off).
+            logits, value = self.model(ids, mask, positions, with_logits=rollout.logprobs is None)
+            if logits is not None:
+                logprobs.append(completion_logprobs(logits, completion, prompt_length, args.temperature))
             values.append(completion_values(value, prompt_length))
             ref_logits = self._reference_logits(ids, mask, positions)
             ref_logprobs.append(completion_logprobs(ref_logits, completion, prompt_length, args.temperature))
             del logits, ref_logits
         self.model.train()
-        rollout.logprobs, rollout.ref_logprobs = torch.cat(logprobs), torch.cat(ref_logprobs)
+        rollout.logprobs = torch.cat(logprobs) if logprobs else rollout.logprobs
+        rollout.ref_logprobs = torch.cat(ref_logprobs)
         rollout.values = torch.cat(values).float()  # GAE sums over the whole answer: bf16 would lose precision
 
         completions = as_completions(rollout.prompts, rollout.completions)

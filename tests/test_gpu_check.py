@@ -1,0 +1,136 @@
+"""The CPU-safe parts of the speed tooling: the GPU check's argument handling, its refusal without CUDA and its
+BENCHMARKS.md summary; the wheel list taken from the lock; the step-3 profiler's pad-share accounting."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+GPU_CHECK = REPO / "benchmarks" / "gpu_check.sh"
+GPU_WHEELS = REPO / "benchmarks" / "gpu_wheels.sh"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import gpu_check_report  # noqa: E402
+import step3_profile  # noqa: E402
+
+
+def run(*command, **env):
+    return subprocess.run(
+        [str(part) for part in command], capture_output=True, text=True, env={**os.environ, **env}, cwd=REPO
+    )
+
+
+def test_gpu_check_help_and_bad_options():
+    assert run(GPU_CHECK, "--help").returncode == 0
+    for arguments in (["--bogus"], ["--only", "nonsense"], ["--only"]):
+        result = run(GPU_CHECK, *arguments)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("gpu_check.sh: ")
+
+
+def test_gpu_check_dry_run_plans_every_part_within_ten_minutes():
+    result = run(GPU_CHECK, "--dry-run")
+    assert result.returncode == 0
+    lines = result.stdout.strip().splitlines()
+    names = [line.split()[0] for line in lines]
+    assert names == ["install", "gpu-tests", "bench-hf", "bench-ds", "bench-llama", "vllm", "memory"]
+    limits = [int(line.split()[1].rstrip("s")) for line in lines]
+    assert sum(limits) <= 700  # parts' limits; everything but the install must fit 600 s
+    assert sum(limits[1:]) <= 600
+    joined = result.stdout
+    assert "--rollout-backend deepspeed" in joined and "--preset llama-1b" in joined and "-m gpu" in joined
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_refuses_without_cuda_and_writes_nothing(tmp_path):
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\n\nearlier results\n")
+    log = tmp_path / "log" / "check.log"
+    result = run(GPU_CHECK, "--benchmarks-file", benchmarks, "--log", log, PYTHON=sys.executable)
+    assert result.returncode == 2
+    assert "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+    assert benchmarks.read_text() == "# Benchmarks\n\nearlier results\n"
+    assert not log.exists()
+
+
+def test_gpu_check_report_appends_a_summary(tmp_path):
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\n\nearlier results\n")
+    parts = tmp_path / "parts.tsv"
+    parts.write_text("gpu-tests\t0\t41\t120\nbench-hf\t124\t120\t120\nbench-ds\t1\t12\t120\nvllm\t3\t0\t10\n")
+    code = gpu_check_report.main(
+        ["--parts", str(parts), "--device", "1 x NVIDIA H200", "--command", "benchmarks/gpu_check.sh",
+         "--log", "outputs/gpu_check/x.log", "--benchmarks-file", str(benchmarks)]
+    )  # fmt: skip
+    assert code == 0
+    text = benchmarks.read_text()
+    assert text.startswith("# Benchmarks\n\nearlier results\n")
+    assert "## GPU check, " in text and "- Device: 1 x NVIDIA H200" in text
+    assert "- Command: `benchmarks/gpu_check.sh`" in text
+    assert "| gpu-tests | ok | 41 |" in text
+    assert "| bench-hf | timed out (limit 120 s) | 120 |" in text
+    assert "| bench-ds | failed (exit 1) | 12 |" in text
+    assert "| vllm | skipped | 0 |" in text
+
+
+def test_gpu_check_report_rejects_a_malformed_parts_file(tmp_path, capsys):
+    parts = tmp_path / "parts.tsv"
+    parts.write_text("gpu-tests 0\n")
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    code = gpu_check_report.main(
+        ["--parts", str(parts), "--device", "d", "--command", "c", "--log", "l", "--benchmarks-file", str(benchmarks)]
+    )
+    assert code == 2
+    assert "line 1" in capsys.readouterr().err
+    assert not benchmarks.exists()
+
+
+def test_gpu_wheels_lists_the_lock_without_torch(tmp_path):
+    lock = tmp_path / "constraints.txt"
+    lock.write_text("# a comment\naccelerate==1.15.0\ntorch==2.13.0\nnvidia-cublas-cu12==12.0\nTyping_Extensions==4\n"
+                    "deepspeed==0.19.8\nruff==0.17.6\n\n")  # fmt: skip
+    result = run(GPU_WHEELS, "--constraints", lock, "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[1:] == ["accelerate==1.15.0", "deepspeed==0.19.8"]
+    missing = run(GPU_WHEELS, "--constraints", tmp_path / "none.txt", "--dry-run")
+    assert missing.returncode == 2 and "no such lock file" in missing.stderr
+
+
+def test_generation_pad_shares_count_prompt_padding_and_finished_answers():
+    rollout = SimpleNamespace(
+        prompt_mask=torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]),
+        completion_mask=torch.tensor([[1, 1, 1], [1, 0, 0]]),
+    )
+    shares = step3_profile.generation_pad_shares(rollout)
+    assert shares["prefill_pad_share"] == pytest.approx(2 / 8)
+    assert shares["decode_wasted_share"] == pytest.approx(2 / 6)
+    assert shares["mean_answer_tokens"] == pytest.approx(2.0)
+
+
+def test_forward_probe_counts_pad_tokens_per_phase_and_model():
+    class Model(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    model, probe = Model(), step3_profile.ForwardProbe()
+    probe.attach("actor", model)
+    probe.phase = "generation"
+    model(torch.ones(2, 4), attention_mask=torch.ones(2, 4))  # not counted: generation uses its own accounting
+    probe.phase = "scoring"
+    model(torch.ones(2, 4), attention_mask=torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]]))
+    model(torch.ones(1, 4), torch.tensor([[0, 0, 1, 1]]))
+    (row,) = probe.table()
+    assert (row["phase"], row["model"], row["forwards"], row["positions"]) == ("scoring", "actor", 2, 12)
+    assert row["pad_share"] == pytest.approx(3 / 12)
+
+
+def test_step3_profile_help():
+    result = run(sys.executable, REPO / "benchmarks" / "step3_profile.py", "--help", PYTHONPATH=str(REPO))
+    assert result.returncode == 0 and "--workload" in result.stdout
