@@ -12,7 +12,8 @@ import pytest
 from rlhf_trl.cli import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = sorted(path for path in (ROOT / "recipes").glob("*/*.yaml") if path.name != "e2e.yaml")
+# The CPU recipes parse as shipped; the GPU recipes (bf16) are parsed with --bf16 false in tests/test_recipes.py.
+RECIPES = sorted(path for path in (ROOT / "recipes").glob("tiny*/*.yaml") if path.name != "e2e.yaml")
 
 
 def run_cli(*arguments, timeout=300):
