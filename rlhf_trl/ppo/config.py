@@ -310,6 +310,7 @@ PPO_RANGES = {
     # The importance ratio of the first micro-batch is exactly 1, so a threshold at or below 1 skips every update.
     "ratio_threshold": Range(above=1),
     "approx_kl_threshold": Range(above=0, optional=True),
+    "max_tokens_per_micro_batch": Range(minimum=1, optional=True),
     "max_consecutive_skips": Range(minimum=1),
     "num_samples_to_log": Range(minimum=0),
     "eval_prompts_limit": Range(minimum=1),

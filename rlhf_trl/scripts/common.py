@@ -283,6 +283,21 @@ def trainable_in_float32_on_cpu(model) -> None:
             parameter.data = parameter.data.float()
 
 
+def train_and_save_final(trainer, tokenizer, output, divergence, resume_from_checkpoint) -> None:
+    """Train a TRL trainer, refuse a diverged result, then write model and tokenizer as the step's result (under a
+    temporary name, renamed: a failed save keeps an earlier good model)."""
+    trainable_in_float32_on_cpu(trainer.model)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    divergence.raise_if_diverged()  # before saving: a diverged model must not become the step's result
+
+    def save(folder):
+        trainer.save_model(str(folder))
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(str(folder))
+
+    output.save_final(save)
+
+
 def peft_config_or_none(model_args):
     return get_peft_config(model_args) if model_args.use_peft else None
 

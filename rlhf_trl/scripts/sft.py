@@ -29,7 +29,7 @@ from rlhf_trl.scripts.common import (
     parse_step_arguments,
     peft_config_or_none,
     run_step,
-    trainable_in_float32_on_cpu,
+    train_and_save_final,
 )
 
 logger = logging.getLogger(__name__)
@@ -137,16 +137,7 @@ def main(argv=None) -> int:
         peft_config=peft_config_or_none(model_args),
         callbacks=[MetricsFileCallback(output_dir), divergence],
     )
-    trainable_in_float32_on_cpu(trainer.model)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    divergence.raise_if_diverged()  # before saving: a diverged model must not become the step's result
-
-    def save(folder):
-        trainer.save_model(str(folder))
-        if trainer.accelerator.is_main_process:
-            tokenizer.save_pretrained(str(folder))
-
-    output.save_final(save)
+    train_and_save_final(trainer, tokenizer, output, divergence, training_args.resume_from_checkpoint)
     if data.eval is not None:
         final_metrics.update(trainer.evaluate())
     if gold_function is not None:
