@@ -110,6 +110,8 @@ def _rollout_of(trainer, answers: list[str]):
     width = max(len(row) for row in rows)
     fixed = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
     trainer.rollout.generate = lambda prompt_ids, prompt_mask: fixed
+    # No decoding logits for fixed tokens: None makes score() run the actor's forward, as for any such backend.
+    trainer.rollout.generate_with_logprobs = lambda prompt_ids, prompt_mask, temperature: (fixed, None)
     prompts = trainer.train_prompts["prompt"]
     return trainer.generate(trainer._collate(prompts, trainer.train_prompts["ids"], {}))
 
