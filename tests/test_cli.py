@@ -82,7 +82,7 @@ def test_recipe_parses(recipe):
 
 @pytest.mark.usefixtures("torch_settings_restored")
 @pytest.mark.parametrize("step", ["sft", "reward", "ppo"])
-def test_tiny_recipes_fix_threads_and_determinism(step):
+def test_tiny_recipes_fix_threads(step):
     """The same numbers on every machine need the same summation order: one thread whatever the core count."""
     import torch
 
@@ -92,9 +92,8 @@ def test_tiny_recipes_fix_threads_and_determinism(step):
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(False)
     *_, run_args = parse_step_arguments(step_types(recipe), ["--config", str(recipe)])
-    assert run_args.num_threads == 1 and run_args.deterministic_algorithms
+    assert run_args.num_threads == 1
     assert torch.get_num_threads() == 1
-    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
 
 
 def test_unknown_yaml_key_is_a_one_line_error(tmp_path):
