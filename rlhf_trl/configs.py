@@ -167,39 +167,51 @@ def _numeric_kind(annotation) -> tuple[str | None, bool]:
     return None, optional
 
 
+def declared_type(spec, owner: type):
+    """The annotation ``spec`` was declared with in ``owner`` or a base class. Transformers' argument parser
+    rewrites ``Field.type`` in place (``float | None`` becomes ``float``) once a config class has been parsed, so
+    the field object alone would make None look invalid for every later config of that class."""
+    for klass in owner.__mro__:
+        annotations = vars(klass).get("__annotations__", {})
+        if spec.name in annotations:
+            return annotations[spec.name]
+    return spec.type
+
+
 def check_field_types(config) -> None:
     """Every int/float field of a dataclass holds a number of its kind (no bool, no text, no list) and no NaN or
     infinity. YAML values are not converted by the command-line parser, so ``learning_rate: [1, 2]`` or
     ``max_steps: 1.5`` would otherwise travel far before failing."""
     for spec in fields(config):
-        check_value_type(spec, getattr(config, spec.name))
+        check_value_type(spec, getattr(config, spec.name), type(config))
 
 
 def check_yaml_types(config: dict, dataclass_types) -> None:
     """The same check on a YAML mapping before the dataclasses are built: their own ``__post_init__`` (TRL's,
     Transformers') would otherwise fail on a list or text with a message that names no field."""
-    specs = {spec.name: spec for dataclass_type in dataclass_types for spec in fields(dataclass_type)}
+    specs = {spec.name: (spec, owner) for owner in dataclass_types for spec in fields(owner)}
     for name, value in config.items():
         if name not in specs:
             continue
-        kind, _ = _numeric_kind(specs[name].type)
+        spec, owner = specs[name]
+        kind, _ = _numeric_kind(declared_type(spec, owner))
         if isinstance(value, str) and kind is not None:
             # YAML 1.1 reads 1e-5 (no dot) as text; the command-line parser converts it like a flag's value.
             try:
                 value = int(value) if kind == "int" else float(value)
             except ValueError:
                 pass
-        check_value_type(specs[name], value)
+        check_value_type(spec, value, owner)
 
 
-def check_value_type(spec, value) -> None:
-    """Raise ConfigError unless ``value`` suits the numeric field ``spec`` (non-numeric fields are not checked)."""
-    kind, optional = _numeric_kind(spec.type)
+def check_value_type(spec, value, owner: type) -> None:
+    """Raise ConfigError unless ``value`` suits the numeric field ``spec`` of the dataclass ``owner`` (non-numeric
+    fields are not checked)."""
+    kind, optional = _numeric_kind(declared_type(spec, owner))
     if kind is None:
         return
     what = "an integer" if kind == "int" else "a number"
     if value is None:
-        # The command-line parser strips "| None" from the annotations it reads, so the default tells too.
         if optional or spec.default is None:
             return
         raise ConfigError(f"{spec.name} must be {what}, got None")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
@@ -11,6 +12,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Trackio reads its folder once, at import: a session-wide temporary one keeps test runs out of the user's cache.
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="rlhf-trl-tests-trackio-"))
 
 
 @pytest.fixture(scope="session")

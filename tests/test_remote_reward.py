@@ -214,7 +214,10 @@ def test_serve_reward_command_scores_like_the_trainer(tiny_reward_dir):
     command = [sys.executable, "-m", "rlhf_trl.cli", "serve-reward", "--model", str(tiny_reward_dir), "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        line = process.stdout.readline()
+        # Libraries may log a line or two to stdout while importing (DeepSpeed's accelerator notice) before it.
+        line = next(
+            (line for line in iter(process.stdout.readline, "") if line.startswith("serving ")), "no serving line"
+        )
         assert line.startswith(f"serving {tiny_reward_dir} at http://127.0.0.1:"), line
         remote = RemoteReward(line.split(" at ")[1].strip(), retries=0)(PROMPTS, COMPLETIONS)
     finally:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from datasets import Dataset
@@ -163,13 +165,13 @@ def test_wandb_offline_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir,
 
 
 @pytest.mark.skipif(importlib.util.find_spec("trackio") is None, reason="trackio not installed (extra: trackio)")
-def test_trackio_local_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir, tiny_reward_dir, monkeypatch):
+def test_trackio_local_run_holds_the_metrics_and_config(tmp_path, tiny_base_dir, tiny_reward_dir):
     import sqlite3
 
-    monkeypatch.setenv("TRACKIO_DIR", str(tmp_path / "trackio"))
     trainer = build(tmp_path, tiny_base_dir, tiny_reward_dir, report_to="trackio", run_name="tk", max_steps=2)
     trainer.train()
-    database = sqlite3.connect(tmp_path / "trackio" / "huggingface.db")  # the project is `project`
+    # TRACKIO_DIR is set for the whole session (conftest.py): trackio reads it once, at import.
+    database = sqlite3.connect(Path(os.environ["TRACKIO_DIR"]) / "huggingface.db")  # the project is `project`
     rows = database.execute("select step, metrics from metrics where run_name = 'tk' order by step").fetchall()
     lines = metrics_lines(tmp_path / "ppo")
     assert [step for step, _ in rows] == [line["step"] for line in lines]

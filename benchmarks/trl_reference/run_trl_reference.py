@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from rlhf_trl.data import tiny_sort
-from rlhf_trl.evaluate import join_prompt_answer
 from rlhf_trl.ppo.estimators import TRL_LOSS_TYPES, group_batch_sizes
 from rlhf_trl.tiny.task import gold_scores
 
@@ -79,22 +78,24 @@ def check_arguments(arguments: argparse.Namespace) -> None:
 
 
 class RewardModelReward:
-    """The step-2 reward model as a TRL reward function. Prompt and answer are joined with one space as the project's
-    evaluation does (TRL decodes the completion alone, which drops its leading space); the score is read at an
-    appended EOS, the format the reward model was trained on."""
+    """The step-2 reward model as a TRL reward function, read through the project's scorer (the format it was
+    trained on). TRL decodes the completion alone, which drops the leading space the tiny task's answers start
+    with; it is put back so the reward model reads prompt and answer as it saw them in training."""
 
     __name__ = "reward_model"
 
     def __init__(self, folder: str):
         from rlhf_trl.evaluate import load_reward_model
+        from rlhf_trl.rewards import RewardModelScorer
 
-        self.model, self.tokenizer = load_reward_model(folder)
+        self.scorer = RewardModelScorer(*load_reward_model(folder))
 
     def __call__(self, prompts, completions, **_columns) -> list[float]:
-        from rlhf_trl.evaluate import score_texts
-
-        texts = [join_prompt_answer(prompt, completion) for prompt, completion in zip(prompts, completions)]
-        return score_texts(self.model, self.tokenizer, texts)
+        spaced = [
+            " " + completion if isinstance(completion, str) and not completion[:1].isspace() else completion
+            for completion in completions
+        ]
+        return self.scorer(prompts, spaced)
 
 
 def held_out_scores(model_folder: str, reward: RewardModelReward, count: int, max_new_tokens: int) -> dict:
