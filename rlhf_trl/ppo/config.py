@@ -236,21 +236,28 @@ class PPOConfig(TrainingArguments):
         if self.stop_strings is not None and not all(isinstance(text, str) and text for text in self.stop_strings):
             raise ConfigError(f"stop_strings must be non-empty strings, got {self.stop_strings!r}")
         try:
-            GenerationConfig(
-                max_new_tokens=self.max_new_tokens,
-                min_new_tokens=self.min_new_tokens,
-                do_sample=True,
-                temperature=self.temperature,
-                top_k=self.top_k,
-                top_p=self.top_p,
-                stop_strings=self.stop_strings,
-                **extra,
-            ).validate(strict=True)
+            self.sampling_config(extra).validate(strict=True)
         except (ValueError, TypeError) as error:
             # Transformers lists the problems on separate lines under a heading: join them into one.
             lines = [line.strip(" -") for line in str(error).splitlines() if line.strip(" -")]
             raise ConfigError(f"generation settings: {'; '.join(lines) or type(error).__name__}") from error
         self.generation_kwargs = extra or None
+
+    def sampling_config(self, extra: dict | None = None, **token_ids) -> GenerationConfig:
+        """The rollout's sampling settings as a GenerationConfig: these fields, then ``extra`` (default: the
+        validated generation_kwargs), then ``token_ids`` (eos_token_id, pad_token_id) from the tokenizer."""
+        extra = (self.generation_kwargs or {}) if extra is None else extra
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=self.min_new_tokens,
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            stop_strings=self.stop_strings,
+            **extra,
+            **token_ids,
+        )
 
     def _check_choices(self):
         checks = {

@@ -236,21 +236,10 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         return max(1, int(math.ceil(self.args.num_train_epochs * per_epoch)))
 
     def _generation_config(self) -> GenerationConfig:
-        args = self.args
-        extra = args.generation_kwargs or {}  # PPOConfig has parsed and validated it
-        config = GenerationConfig(
-            max_new_tokens=args.max_new_tokens,
-            min_new_tokens=args.min_new_tokens,
-            do_sample=True,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            eos_token_id=self.tokenizer.eos_token_id,
-            pad_token_id=self.tokenizer.pad_token_id,
-            stop_strings=args.stop_strings,
-            **extra,
+        # PPOConfig has parsed and validated generation_kwargs; the tokenizer gives the end and padding ids.
+        return self.args.sampling_config(
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id
         )
-        return config
 
     def _build_rollout(self):
         from rlhf_trl.ppo.rollout_deepspeed import build_rollout
