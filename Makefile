@@ -61,7 +61,7 @@ bench: install
 	$(VENV)/bin/rlhf-trl bench --preset cpu
 
 bench-memory: install
-	$(PY) -m rlhf_trl.bench_memory --size opt-125m --append
+	$(PY) -m rlhf_trl.bench.memory --size opt-125m --append
 
 # GPU machine (torch + CUDA, no network, no .venv): wheels carried in .whl/, filled here by `make gpu-wheels`.
 gpu-wheels:

@@ -12,7 +12,7 @@
 #   bench-ds     the same with the deepspeed rollout backend                            (120)
 #   bench-llama  rlhf-trl bench --preset llama-1b --bf16                                (90)
 #   vllm         vLLM rollout: skipped unless vllm imports (see the README's speed section) (10)
-#   memory       peak GPU memory of PPO, full vs 8-bit LoRA (vs 4-bit LoRA where rlhf_trl.bench_memory offers it)
+#   memory       peak GPU memory of PPO, full vs 8-bit LoRA (vs 4-bit LoRA where rlhf_trl.bench.memory offers it)
 #                                                                                       (120)
 # The benchmark commands append their own sections to --benchmarks-file; a summary section (date, device, command,
 # each part's outcome) follows them. The log goes to --log; with --out (default $OUT when set) the log and the
@@ -68,7 +68,7 @@ declare -A plan=(
     [bench-ds]="$bench --preset opt-1.3b --rollout-backend deepspeed"
     [bench-llama]="$bench --preset llama-1b --rollout-backend hf"
     [vllm]="$python -c 'import vllm'"
-    [memory]="$python -m rlhf_trl.bench_memory --size opt-125m --pipeline-step ppo --append --benchmarks-file $benchmarks_file --mode MODES"
+    [memory]="$python -m rlhf_trl.bench.memory --size opt-125m --pipeline-step ppo --append --benchmarks-file $benchmarks_file --mode MODES"
 )
 
 if [[ $dry_run -eq 1 ]]; then
@@ -99,7 +99,7 @@ for part in "${parts[@]}"; do
     fi
     if [[ $part == memory ]]; then
         # 4-bit LoRA where the memory benchmark offers it (decided by asking it, not by version)
-        "$python" -m rlhf_trl.bench_memory --help 2>/dev/null | grep -q 4bit-lora && memory_modes="$memory_modes 4bit-lora"
+        "$python" -m rlhf_trl.bench.memory --help 2>/dev/null | grep -q 4bit-lora && memory_modes="$memory_modes 4bit-lora"
         command=${command/MODES/$memory_modes}
     fi
     echo "== $part (limit ${limit[$part]} s): $command" | tee -a "$log"

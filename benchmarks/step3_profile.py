@@ -6,7 +6,7 @@ only), so they are the numbers to compare between runs on a shared machine.
 Workloads:
   shared   OPT-shaped 3.4M-parameter actor, critic and reward model (hidden 64, 2 layers, OPT's 50,272-token
            vocabulary), 64-token random prompts, answers forced to 64 tokens, 16 prompts per step, one PPO epoch,
-           fp32. Built with rlhf_trl.bench's model and tokenizer builders.
+           fp32. Built with rlhf_trl.bench.step3's model and tokenizer builders.
   demo     the tiny demo's PPO setting (recipes/tiny/ppo.yaml: 16-token prompts, up to 12 new tokens, batch 64,
            2 mini-batches, 2 PPO epochs) on the tiny base model and a reward model made from it, or on the demo's
            own step-1/step-2 outputs (--sft-model, --reward-model).
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf_trl.bench import Preset, append_section, build_models, build_tokenizer, opt_config, random_prompts
-from rlhf_trl.bench import device_description as bench_device_description
+from rlhf_trl.bench.step3 import Preset, append_section, build_models, build_tokenizer, opt_config, random_prompts
+from rlhf_trl.bench.step3 import device_description as bench_device_description
 
 WORKLOADS = ("shared", "demo")
 # (recompute_rollout_logprobs, packed?): as before; log-probs from generation; and packed scoring too.

@@ -266,7 +266,7 @@ def check_training_arguments(training_args) -> None:
 
 def check_reward_function_spec(spec: str, what: str) -> None:
     """Import a 'module:function' spec now, so a typo fails before any model loads."""
-    from rlhf_trl.rewards import load_reward_function
+    from rlhf_trl.reward.sources import load_reward_function
 
     try:
         load_reward_function(spec)

@@ -37,7 +37,7 @@ def resolve_model_name(name_or_path: str | None) -> str | None:
 
 def merged_adapter(adapter_dir: Path) -> Path:
     """The adapter merged into its base, cached by the adapter's content; the adapter folder is never modified."""
-    from rlhf_trl.hub import merge_adapter
+    from rlhf_trl.reporting.hub import merge_adapter
 
     digest = hashlib.sha256()
     for path in sorted(adapter_dir.glob("adapter_*")):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from rlhf_trl import bench
+from rlhf_trl.bench import step3 as bench
 
 FIELDS = [
     "samples/s",
@@ -126,7 +126,7 @@ def test_trial_commands(tmp_path):
     offload = bench.trial_command("opt-13b", "lora-zero3-offload", tmp_path / "r.json", lora_rank=128, batch_size=4)
     assert offload[offload.index("--config_file") + 1].endswith("zero3_offload.yaml")
     assert offload[offload.index("--num_processes") + 1] == "1"
-    assert offload[offload.index("-m", offload.index("--config_file")) + 1] == "rlhf_trl.bench"
+    assert offload[offload.index("-m", offload.index("--config_file")) + 1] == "rlhf_trl.bench.step3"
     assert "--load-in-8bit" not in offload and offload[offload.index("--lora-rank") + 1] == "128"
     eight_bit = bench.trial_command("opt-13b", "lora-8bit", tmp_path / "r.json", lora_rank=128, batch_size=4)
     assert eight_bit[eight_bit.index("--config_file") + 1].endswith("single_gpu.yaml")

@@ -1,4 +1,4 @@
-"""``python -m rlhf_trl.bench_memory``: one real measured run of the tiny size (SFT, full fine-tuning) writes every
+"""``python -m rlhf_trl.bench.memory``: one real measured run of the tiny size (SFT, full fine-tuning) writes every
 field; the table, the benchmarks-file handling and the model shapes are checked without running more."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlhf_trl import bench_memory
+from rlhf_trl.bench import memory as bench_memory
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_append_adds_one_section(tmp_path, monkeypatch, tiny_run, capsys):
     text = benchmarks.read_text()
     assert text.startswith("# Benchmarks\n\nearlier results\n")
     assert text.count("## Peak memory, full fine-tuning vs 8-bit LoRA, `tiny`") == 1
-    assert "| sft | full |" in text and "python -m rlhf_trl.bench_memory --size tiny" in text
+    assert "| sft | full |" in text and "python -m rlhf_trl.bench.memory --size tiny" in text
 
 
 def test_ratios_and_table_rows():
@@ -98,7 +98,7 @@ def test_padded_tokenizer_round_trips_filler_and_task_words():
 
 def test_child_reads_its_own_high_water_mark():
     """The child's VmHWM leaves out the parent's memory, which the child's ru_maxrss would count."""
-    code = "from rlhf_trl.bench_memory import status_kib; print(status_kib('VmHWM'))"
+    code = "from rlhf_trl.bench.memory import status_kib; print(status_kib('VmHWM'))"
     before = bench_memory.status_kib("VmHWM")
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0 < child and before > 0

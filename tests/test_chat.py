@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, OPTForCausalLM
 
-from rlhf_trl.chat import ChatSession, GenerationSettings, main, run_conversation, user_turn_marker
+from rlhf_trl.inference.chat import ChatSession, GenerationSettings, main, run_conversation, user_turn_marker
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +165,7 @@ def test_run_conversation_handles_commands():
 def test_command_reads_stdin_until_quit(tiny_model_dir):
     conversation = "sort 3 1 4\nsort 2 2 1\nclear\nsort 3 1 4\nquit\nsort 9 9 9\n"
     result = subprocess.run(
-        [sys.executable, "-m", "rlhf_trl.chat", "--path", str(tiny_model_dir), "--max-new-tokens", "6"],
+        [sys.executable, "-m", "rlhf_trl.inference.chat", "--path", str(tiny_model_dir), "--max-new-tokens", "6"],
         input=conversation,
         capture_output=True,
         text=True,

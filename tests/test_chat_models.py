@@ -21,13 +21,13 @@ from transformers import (
 )
 from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-from rlhf_trl.chat import ChatSession, GenerationSettings, encode_prompts, encode_text
-from rlhf_trl.evaluate import main as eval_main
-from rlhf_trl.evaluate import score_pairs
+from rlhf_trl.inference.chat import ChatSession, GenerationSettings, encode_prompts, encode_text
+from rlhf_trl.inference.evaluate import main as eval_main
+from rlhf_trl.inference.evaluate import score_pairs
 from rlhf_trl.models import check_same_vocabulary, ensure_pad_token
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.trainer import PPOTrainer
-from rlhf_trl.rewards import RewardModelScorer
+from rlhf_trl.reward.sources import RewardModelScorer
 from rlhf_trl.scripts.ppo import cli as ppo_cli
 from rlhf_trl.scripts.sft import as_prompt_completion
 from rlhf_trl.scripts.sft import cli as sft_cli
@@ -388,7 +388,7 @@ def test_sft_command_on_messages_reports_the_gold_score(tmp_path, tiny_chat_dir)
 
 def test_kwise_rankings_are_read_like_trl_pairs(tmp_path, tiny_chat_reward_dir):
     """Ranked conversational answers are tokenized exactly as RewardTrainer tokenizes the same pairs."""
-    from rlhf_trl.kwise import KWiseRewardTrainer
+    from rlhf_trl.reward.kwise import KWiseRewardTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_chat_reward_dir)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_chat_reward_dir, num_labels=1)

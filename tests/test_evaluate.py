@@ -11,8 +11,8 @@ import pytest
 import torch
 from transformers import OPTForCausalLM, OPTForSequenceClassification
 
-from rlhf_trl.chat import ChatSession, GenerationSettings
-from rlhf_trl.evaluate import (
+from rlhf_trl.inference.chat import ChatSession, GenerationSettings
+from rlhf_trl.inference.evaluate import (
     EvalInputError,
     completion_log_probs,
     evaluate_ppo,

@@ -28,7 +28,7 @@ from rlhf_trl.guards import (
 )
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.trainer import PPOTrainer
-from rlhf_trl.rewards import CombinedReward, first_invalid_score
+from rlhf_trl.reward.sources import CombinedReward, first_invalid_score
 from rlhf_trl.tiny.task import gold_scores, make_records
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,8 +22,8 @@ from peft import LoraConfig, get_peft_model
 from safetensors.torch import load as load_safetensors
 from transformers import OPTForCausalLM
 
-from rlhf_trl.hub import HubPushError, main, push_to_hub
-from rlhf_trl.model_card import is_hub_id, render_model_card, write_model_card
+from rlhf_trl.reporting.hub import HubPushError, main, push_to_hub
+from rlhf_trl.reporting.model_card import is_hub_id, render_model_card, write_model_card
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -385,7 +385,7 @@ def test_push_command_in_a_subprocess(full_checkpoint):
     with FakeHub() as hub:
         environment = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "hf_test_token"}
         environment.update(HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0")
-        command = [sys.executable, "-m", "rlhf_trl.hub", str(full_checkpoint), "--hub_model_id", "bob/tiny"]
+        command = [sys.executable, "-m", "rlhf_trl.reporting.hub", str(full_checkpoint), "--hub_model_id", "bob/tiny"]
         result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip().splitlines()[-1] == f"{hub.endpoint}/bob/tiny"

@@ -13,7 +13,7 @@ from datasets import Dataset
 from transformers import OPTForSequenceClassification, TrainerCallback
 from trl import RewardConfig, RewardTrainer
 
-from rlhf_trl.kwise import DataCollatorForRanking, KWiseRewardTrainer, expand_rankings_to_pairs, ranking_loss
+from rlhf_trl.reward.kwise import DataCollatorForRanking, KWiseRewardTrainer, expand_rankings_to_pairs, ranking_loss
 from rlhf_trl.tiny import task
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 

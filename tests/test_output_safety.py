@@ -330,7 +330,7 @@ class FakeSteps:
 
 
 def test_e2e_rerun_with_resume_skips_finished_steps(tmp_path, monkeypatch, capsys):
-    from rlhf_trl import report
+    from rlhf_trl.reporting import report
     from rlhf_trl.scripts import e2e
 
     monkeypatch.setattr(report, "write_report", lambda run_dir: Path(run_dir) / "report.html")

@@ -12,8 +12,8 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from rlhf_trl.plots import MetricsError, plot_step, read_metrics
-from rlhf_trl.report import ReportError, build_report, main, write_report
+from rlhf_trl.reporting.plots import MetricsError, plot_step, read_metrics
+from rlhf_trl.reporting.report import ReportError, build_report, main, write_report
 
 HOSTILE_COMPLETION = "<script>alert('x')</script> 1 & 2"
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from ppo_helpers import build
 
-from rlhf_trl.rewards import CombinedReward
+from rlhf_trl.reward.sources import CombinedReward
 
 
 def one_rollout(trainer):

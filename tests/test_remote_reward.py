@@ -18,7 +18,7 @@ from ppo_helpers import build
 from rlhf_trl.reward.functions import RewardFunction
 from rlhf_trl.reward.remote import RemoteReward, RemoteRewardError
 from rlhf_trl.reward.server import make_server
-from rlhf_trl.rewards import load_reward_function
+from rlhf_trl.reward.sources import load_reward_function
 
 PROMPTS = ["Human: sort 3 1 2 Assistant:", "Human: sort 5 4 Assistant:"]
 COMPLETIONS = [" 1 2 3", " 4 5 9"]
@@ -208,8 +208,8 @@ def test_ppo_raises_the_reward_of_a_remote_server(tmp_path, tiny_base_dir, tiny_
 
 
 def test_serve_reward_command_scores_like_the_trainer(tiny_reward_dir):
-    from rlhf_trl.evaluate import load_reward_model
-    from rlhf_trl.rewards import RewardModelScorer
+    from rlhf_trl.inference.evaluate import load_reward_model
+    from rlhf_trl.reward.sources import RewardModelScorer
 
     command = [sys.executable, "-m", "rlhf_trl.cli", "serve-reward", "--model", str(tiny_reward_dir), "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -241,9 +241,9 @@ def test_serve_reward_bad_model_folder_is_one_line(tmp_path):
 
 
 def test_a_served_chat_reward_model_scores_like_in_process(tiny_chat_reward_dir):
-    from rlhf_trl.evaluate import load_reward_model
+    from rlhf_trl.inference.evaluate import load_reward_model
     from rlhf_trl.reward.server import load_scorer
-    from rlhf_trl.rewards import RewardModelScorer
+    from rlhf_trl.reward.sources import RewardModelScorer
 
     # TRL's conversational forms, as the trainer hands them to reward sources: message lists travel as JSON.
     prompts = [[{"role": "user", "content": f"sort {digits}"}] for digits in ("3 1 2", "9 8")]

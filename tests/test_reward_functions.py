@@ -11,7 +11,7 @@ from ppo_helpers import build
 from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment, think_format_reward
 
 from rlhf_trl.reward.functions import RewardFunction, RewardFunctionError, TRLRewardKwargs, as_reward_function
-from rlhf_trl.rewards import CombinedReward, load_reward_function
+from rlhf_trl.reward.sources import CombinedReward, load_reward_function
 from rlhf_trl.tiny.task import gold_scores
 
 CONVERSATION_PROMPTS = [[{"role": "user", "content": "What is 2 + 2?"}]] * 3

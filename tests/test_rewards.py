@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from rlhf_trl.rewards import RewardModelScorer, load_reward_function
+from rlhf_trl.reward.sources import RewardModelScorer, load_reward_function
 from rlhf_trl.tiny.task import gold_scores
 
 

@@ -85,8 +85,8 @@ class RewardModelReward:
     __name__ = "reward_model"
 
     def __init__(self, folder: str):
-        from rlhf_trl.evaluate import load_reward_model
-        from rlhf_trl.rewards import RewardModelScorer
+        from rlhf_trl.inference.evaluate import load_reward_model
+        from rlhf_trl.reward.sources import RewardModelScorer
 
         self.scorer = RewardModelScorer(*load_reward_model(folder))
 
@@ -100,7 +100,7 @@ class RewardModelReward:
 
 def held_out_scores(model_folder: str, reward: RewardModelReward, count: int, max_new_tokens: int) -> dict:
     """Greedy answers of the model in ``model_folder`` to the held-out prompts: mean gold and reward-model score."""
-    from rlhf_trl.evaluate import generate_answers
+    from rlhf_trl.inference.evaluate import generate_answers
 
     prompts = [record["prompt"] for record in tiny_sort.eval_records(3)][:count]
     answers = generate_answers(model_folder, prompts, max_new_tokens)
@@ -202,7 +202,7 @@ def run(arguments: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlhf_trl.evaluate import EvalInputError
+    from rlhf_trl.inference.evaluate import EvalInputError
 
     arguments = make_parser().parse_args(argv)
     try:

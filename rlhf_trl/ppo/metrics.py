@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from rlhf_trl.chat import as_completions, completion_texts
+from rlhf_trl.inference.chat import as_completions, completion_texts
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.experience import Rollout
 from rlhf_trl.ppo.rollout import HFRollout

@@ -21,8 +21,8 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import GenerationConfig
 
-from rlhf_trl.chat import as_completions, completion_texts, encode_prompts, is_conversation
 from rlhf_trl.guards import InvalidRewardError, TrainingDivergedError, agree_any, any_process
+from rlhf_trl.inference.chat import as_completions, completion_texts, encode_prompts, is_conversation
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo import losses, packing
 from rlhf_trl.ppo.config import PPOConfig
@@ -41,7 +41,7 @@ from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
 from rlhf_trl.ppo.persistence import PersistenceMixin
 from rlhf_trl.ppo.run_logger import RunLogger, build_trackers
 from rlhf_trl.reward.functions import TRLRewardKwargs
-from rlhf_trl.rewards import CombinedReward, RewardModelScorer, first_invalid_score
+from rlhf_trl.reward.sources import CombinedReward, RewardModelScorer, first_invalid_score
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ def load_scorer(model: str | None, function: str | None, batch_size: int = 32):
         raise ValueError(f"--model {model}: no such folder")
     import torch
 
-    from rlhf_trl.evaluate import load_reward_model
-    from rlhf_trl.rewards import RewardModelScorer
+    from rlhf_trl.inference.evaluate import load_reward_model
+    from rlhf_trl.reward.sources import RewardModelScorer
 
     reward_model, tokenizer = load_reward_model(path)
     if torch.cuda.is_available():

@@ -264,7 +264,7 @@ def load_tokenizer(name_or_path: str, what: str, pad_token: str | None = None, t
 
 def load_functions(specs: list[str] | None, what: str) -> list:
     """Reward or gold functions named 'module:function', imported before any model loads; errors are one line."""
-    from rlhf_trl.rewards import load_reward_function
+    from rlhf_trl.reward.sources import load_reward_function
 
     try:
         return [load_reward_function(spec) for spec in specs or []]
@@ -351,7 +351,7 @@ def finish_step(output: StepOutput, step_name, parsed, hyperparameter_keys, fina
     """After a step saved its checkpoint (main process only): lineage record, plots, model card, optional Hub push
     and the final metrics table; then the folder's lock is released. ``parsed`` is the (model, data, training, run)
     arguments tuple."""
-    from rlhf_trl import hub, plots
+    from rlhf_trl.reporting import hub, plots
 
     model_args, data_args, training_args, run_args = parsed
     output_dir = output.path

@@ -185,7 +185,7 @@ def print_samples(output: Path, count: int) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from rlhf_trl.evaluate import generate_answers
+    from rlhf_trl.inference.evaluate import generate_answers
     from rlhf_trl.tiny.task import gold_score, make_records
 
     models = {"sft": output / STEP_DIRS[1], "ppo": output / STEP_DIRS[3]}
@@ -343,7 +343,7 @@ def run_steps(args, recipe: Path, output: Path, chosen_config: Path | None) -> i
         print("held-out gold score: " + " -> ".join(f"{name} {value:.3f}" for name, value in gold.items()))
     if args.recipe == "tiny" and args.actor_model in (None, TINY_BASE):
         print_samples(output, args.samples)
-    from rlhf_trl.report import write_report
+    from rlhf_trl.reporting.report import write_report
 
     print(f"report: {write_report(output)}")
     return 0

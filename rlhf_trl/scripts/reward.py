@@ -16,7 +16,7 @@ from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
 from rlhf_trl.guards import DivergenceCallback
 from rlhf_trl.models import match_embeddings, resolve_model_name
-from rlhf_trl.rewards import RewardModelScorer
+from rlhf_trl.reward.sources import RewardModelScorer
 from rlhf_trl.scripts.common import (
     MetricsFileCallback,
     finish_step,
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     ranked = "responses" in data.train.column_names
     trainer_class = RewardTrainer
     if ranked:
-        from rlhf_trl.kwise import KWiseRewardTrainer
+        from rlhf_trl.reward.kwise import KWiseRewardTrainer
 
         trainer_class = KWiseRewardTrainer
     divergence = DivergenceCallback(run_args.divergence_factor)

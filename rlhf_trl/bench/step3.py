@@ -389,7 +389,7 @@ def trial_command(size: str, mode: str, result_path: Path, lora_rank: int, batch
         config, bench_args = config_for_deployment("single_gpu", None), [*bench_args, "--load-in-8bit"]
     else:
         raise ValueError(f"unknown memory mode {mode!r}; choose one of {MEMORY_MODES}")
-    return launch_command(config, "rlhf_trl.bench", bench_args, num_processes=1)
+    return launch_command(config, "rlhf_trl.bench.step3", bench_args, num_processes=1)
 
 
 def run_trial(command: list[str], result_path: Path) -> bool:

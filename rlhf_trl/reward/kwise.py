@@ -17,7 +17,7 @@ import torch.nn.functional as functional
 from datasets import Dataset
 from trl import RewardConfig, RewardTrainer
 
-from rlhf_trl.rewards import reward_input_ids
+from rlhf_trl.reward.sources import reward_input_ids
 
 logger = logging.getLogger(__name__)
 

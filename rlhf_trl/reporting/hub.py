@@ -21,7 +21,7 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
-from rlhf_trl.model_card import read_run_info, redact_run_info, write_model_card
+from rlhf_trl.reporting.model_card import read_run_info, redact_run_info, write_model_card
 
 __all__ = ["HubPushError", "is_uploadable", "push_to_hub", "select_files", "stage_for_upload", "write_model_card"]
 

@@ -1,4 +1,4 @@
-"""``python -m rlhf_trl.bench_memory``: peak memory of full fine-tuning vs 8-bit base weights + LoRA, per step.
+"""``python -m rlhf_trl.bench.memory``: peak memory of full fine-tuning vs 8-bit base weights + LoRA, per step.
 
 For each step (sft, reward, ppo) and each mode (``full``: fp32 weights, all trained; ``8bit-lora``: bitsandbytes
 8-bit base weights, LoRA adapters trained) the real step script runs with its tiny recipe
@@ -195,7 +195,7 @@ def padded_tokenizer(vocab_size: int):
 
 def model_config(size: str):
     """(tokenizer, OPTConfig) for a size: the tiny recipes' model, or a facebook/opt-* shape."""
-    from rlhf_trl import bench
+    from rlhf_trl.bench import step3 as bench
     from rlhf_trl.tiny.model import build_config, build_tokenizer
 
     if size == "tiny":
@@ -214,7 +214,7 @@ def build_models(size: str, folder: Path) -> dict:
     import torch
     from transformers import OPTForCausalLM, OPTForSequenceClassification
 
-    from rlhf_trl.bench import parameter_count
+    from rlhf_trl.bench.step3 import parameter_count
 
     tokenizer, config = model_config(size)
     torch.manual_seed(0)
@@ -262,7 +262,7 @@ def measure(step: str, mode: str, models: dict, workdir: Path, options: argparse
     run_dir.mkdir()
     result_path, log_path = run_dir / "result.json", run_dir / "log.txt"
     arguments = script_arguments(step, mode, models, run_dir / "output", options)
-    command = [sys.executable, "-m", "rlhf_trl.bench_memory", CHILD_FLAG, step, str(result_path), *arguments]
+    command = [sys.executable, "-m", "rlhf_trl.bench.memory", CHILD_FLAG, step, str(result_path), *arguments]
     environment = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     print(f"running {step} ({mode}) ...", flush=True)
     started = time.perf_counter()
@@ -298,7 +298,7 @@ def ratios(runs: list[dict]) -> dict:
 
 def run_benchmark(options: argparse.Namespace) -> dict:
     """Build the models once, then measure every requested (step, mode) pair in its own process."""
-    from rlhf_trl.bench import device_description
+    from rlhf_trl.bench.step3 import device_description
 
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
         workdir = Path(folder)
@@ -365,7 +365,7 @@ def print_table(result: dict) -> None:
 
 def format_section(result: dict, command: str, when: datetime.datetime) -> str:
     """One markdown section for the benchmarks file."""
-    from rlhf_trl.bench import readable_count
+    from rlhf_trl.bench.step3 import readable_count
 
     header, rows = table_rows(result)
     table = "\n".join(
@@ -405,7 +405,7 @@ def append_section(path: Path, section: str) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m rlhf_trl.bench_memory",
+        prog="python -m rlhf_trl.bench.memory",
         description="Peak memory of full fine-tuning vs 8-bit base weights + LoRA, for each step, each run in a "
         "process of its own. Prints a table and a markdown section; --append adds the section to --benchmarks-file.",
     )
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.steps < 2:
         parser.error("--steps must be at least 2: the training peak is read from the second optimizer step on")
     result = run_benchmark(options)
-    command = "python -m rlhf_trl.bench_memory " + shlex.join(argv)
+    command = "python -m rlhf_trl.bench.memory " + shlex.join(argv)
     section = format_section(result, command, datetime.datetime.now(datetime.timezone.utc))
     print_table(result)
     print(section)

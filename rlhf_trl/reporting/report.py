@@ -18,7 +18,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlhf_trl.plots import MetricsError, plot_step
+from rlhf_trl.reporting.plots import MetricsError, plot_step
 
 STEP_FOLDERS = {
     "step1_sft": "Step 1: supervised fine-tuning (SFT)",

@@ -9,7 +9,7 @@ Input files are ``.jsonl`` (one JSON object per line) or ``.json`` (a list of ob
 plus ``"chosen"`` and ``"rejected"`` for reward pairs, in TRL's text or conversational form (a prompt as a list of
 ``{"role", "content"}`` messages, chosen/rejected as assistant messages). Prompts are rendered as ``rlhf-trl chat``
 renders them: through the model's chat template when it has one (a plain prompt becomes a user message), and
-reward models read prompt and answer as they were trained (see ``rlhf_trl.rewards.RewardModelScorer``). Problems
+reward models read prompt and answer as they were trained (see ``rlhf_trl.reward.sources.RewardModelScorer``). Problems
 with the input end the command with one line that names the file, the record and the field.
 """
 
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf_trl.chat import ChatSession, GenerationSettings, as_chat_prompt, as_completions, is_conversation
-from rlhf_trl.rewards import RewardModelScorer, load_reward_function
+from rlhf_trl.inference.chat import ChatSession, GenerationSettings, as_chat_prompt, as_completions, is_conversation
+from rlhf_trl.reward.sources import RewardModelScorer, load_reward_function
 
 logger = logging.getLogger(__name__)
 

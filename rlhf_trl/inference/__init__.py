@@ -1,0 +1,1 @@
+"""Running a trained model: the terminal chat and the evaluation of each step's model."""
