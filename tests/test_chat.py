@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import GenerationConfig, OPTForCausalLM
 
-from rlhf_trl.inference.chat import ChatSession, GenerationSettings, main, run_conversation, user_turn_marker
+from rlhf_trl.generation import GenerationSettings, user_turn_marker
+from rlhf_trl.inference.chat import ChatSession, main, run_conversation
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

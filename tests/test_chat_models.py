@@ -21,7 +21,8 @@ from transformers import (
 )
 from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-from rlhf_trl.inference.chat import ChatSession, GenerationSettings, encode_prompts, encode_text
+from rlhf_trl.generation import GenerationSettings, encode_prompts, encode_text
+from rlhf_trl.inference.chat import ChatSession
 from rlhf_trl.inference.evaluate import main as eval_main
 from rlhf_trl.inference.evaluate import score_pairs
 from rlhf_trl.models import check_same_vocabulary, ensure_pad_token

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import OPTForCausalLM, OPTForSequenceClassification
 
-from rlhf_trl.inference.chat import ChatSession, GenerationSettings
+from rlhf_trl.generation import GenerationSettings
+from rlhf_trl.inference.chat import ChatSession
 from rlhf_trl.inference.evaluate import (
     EvalInputError,
     completion_log_probs,

@@ -8,12 +8,11 @@ import math
 import pytest
 import torch
 
+from rlhf_trl.generation import completion_mask, has_eos
 from rlhf_trl.ppo.losses import (
-    completion_mask,
     ema_update,
     entropy_from_logits,
     gae_advantages,
-    has_eos,
     kl_estimate,
     kl_loss,
     logprobs_from_logits,

@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from rlhf_trl.generation import completion_mask
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.modeling import completion_logprobs, position_ids_from_mask
 from rlhf_trl.ppo.rollout import HFRollout
@@ -40,7 +41,7 @@ def _max_disagreement(model, tokenizer) -> float:
     torch.manual_seed(0)
     assert torch.equal(rollout.generate(prompt_ids, prompt_mask), completion_ids)  # same samples either way
     assert rollout_logprobs.shape == completion_ids.shape
-    mask = losses.completion_mask(completion_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    mask = completion_mask(completion_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
     input_ids = torch.cat([prompt_ids, completion_ids], 1)
     attention_mask = torch.cat([prompt_mask, mask], 1)
     with torch.no_grad():

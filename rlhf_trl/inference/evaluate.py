@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from rlhf_trl.inference.chat import ChatSession, GenerationSettings, as_chat_prompt, as_completions, is_conversation
+from rlhf_trl.generation import GenerationSettings, as_chat_prompt, as_completions, is_conversation
+from rlhf_trl.inference.chat import ChatSession
 from rlhf_trl.reward.sources import RewardModelScorer, load_reward_function
 
 logger = logging.getLogger(__name__)

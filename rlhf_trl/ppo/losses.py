@@ -49,27 +49,6 @@ def fill_padding(values: torch.Tensor, mask: torch.Tensor, value: float = 0.0) -
     return torch.where(mask.bool(), values, torch.as_tensor(value, dtype=values.dtype, device=values.device))
 
 
-def completion_mask(completion_ids: torch.Tensor, eos_token_id: int, pad_token_id: int) -> torch.LongTensor:
-    """completion_ids: [B, T] generated tokens, right-padded. Returns a LongTensor [B, T]: 1 up to and including the
-    first EOS of each row, 0 after it. A row without EOS stopped at the length limit, so all of it is real.
-
-    The first EOS ends a row whatever follows, so the mask does not depend on ``pad_token_id``: this also covers
-    tokenizers whose pad token equals their EOS. A pad id sampled before the first EOS is a real (generated) token.
-    ``pad_token_id`` is taken so that callers state both ids explicitly.
-    """
-    if completion_ids.dim() != 2:
-        raise ValueError(f"completion_ids must be [batch, length], got shape {tuple(completion_ids.shape)}.")
-    is_eos = completion_ids == eos_token_id  # [B, T]
-    # Number of EOS tokens strictly before each position: 0 means "still inside the answer or on its first EOS".
-    eos_seen_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # [B, T]
-    return (eos_seen_before == 0).long()  # [B, T]
-
-
-def has_eos(completion_ids: torch.Tensor, eos_token_id: int) -> torch.BoolTensor:
-    """completion_ids: [B, T]. Returns [B] bool: whether the row produced an EOS (False: cut at the length limit)."""
-    return (completion_ids == eos_token_id).any(dim=1)  # [B]
-
-
 def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     """Mean of ``values`` over entries where ``mask`` is 1 (mask entries are 0 or 1, same shape as values).
 

@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from rlhf_trl.inference.chat import as_completions, completion_texts
+from rlhf_trl.generation import as_completions, completion_mask, completion_texts, has_eos
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.experience import Rollout
 from rlhf_trl.ppo.rollout import HFRollout
@@ -25,7 +25,7 @@ class MetricsMixin:
         mask = rollout.completion_mask.float()
         kl_per_answer = losses.fill_padding(rollout.kl, mask).sum(dim=1)
         non_score = -self.kl_controller.value * kl_per_answer
-        ended = losses.has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).float()
+        ended = has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).float()
         metrics = {
             "objective/score": self._gathered_mean(rollout.raw_scores),
             "objective/shaped_score": self._gathered_mean(rollout.scores),
@@ -63,7 +63,7 @@ class MetricsMixin:
         for part in self._micro_batches(count, max(self.args.per_device_train_batch_size, 1)):
             batch = self._collate(prompts["prompt"][part], prompts["ids"][part], {})
             new_tokens = generator.generate(batch["prompt_ids"], batch["prompt_mask"])
-            ended = losses.completion_mask(new_tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+            ended = completion_mask(new_tokens, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
             new_tokens = new_tokens.masked_fill(ended == 0, self.tokenizer.pad_token_id)
             completions.extend(completion_texts(self.tokenizer, batch["prompt_ids"], new_tokens))
             answer_ids.extend(new_tokens.cpu().unbind(0))

@@ -21,8 +21,15 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import GenerationConfig
 
+from rlhf_trl.generation import (
+    as_completions,
+    completion_mask,
+    completion_texts,
+    encode_prompts,
+    has_eos,
+    is_conversation,
+)
 from rlhf_trl.guards import InvalidRewardError, TrainingDivergedError, agree_any, any_process
-from rlhf_trl.inference.chat import as_completions, completion_texts, encode_prompts, is_conversation
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo import losses, packing
 from rlhf_trl.ppo.config import PPOConfig
@@ -307,7 +314,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
             completion_ids = torch.full(
                 (completion_ids.shape[0], 1), self.tokenizer.pad_token_id, device=completion_ids.device
             )
-        mask = losses.completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        mask = completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         completion_ids = completion_ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
         completions = completion_texts(self.tokenizer, batch["prompt_ids"], completion_ids)
         return Rollout(
@@ -375,7 +382,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
         rollout.raw_scores, rollout.score_parts = raw, parts
         scores = raw.clone()
         if args.missing_eos_penalty is not None:
-            ended = losses.has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).cpu()
+            ended = has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).cpu()
             scores = torch.where(ended, scores, scores - args.missing_eos_penalty)
         if args.score_normalization != "none":
             self._update_normalizer(scores, rollout.valid)
@@ -596,7 +603,7 @@ class PPOTrainer(DistributedSetupMixin, MetricsMixin, PersistenceMixin):
 
     def _reward_call_kwargs(self, completion_ids: torch.Tensor) -> dict:
         """TRL's per-batch reward-function arguments for completions [B, C] (real tokens up to the first EOS)."""
-        mask = losses.completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
+        mask = completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
         return self.reward_kwargs.for_batch(completion_ids, mask, self.state["global_step"], self.max_steps)
 
     def step(self) -> dict[str, float]:

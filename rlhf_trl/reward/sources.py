@@ -29,7 +29,7 @@ def reward_input_ids(tokenizer, prompt, completion) -> list[int]:
     ``tokenizer``'s chat template with the special tokens the template writes and no others; a plain prompt and
     completion are joined as they are, EOS appended, with the tokenizer's special tokens (no second BOS).
     """
-    from rlhf_trl.inference.chat import encode_text, is_conversation
+    from rlhf_trl.generation import encode_text, is_conversation
 
     if is_conversation(prompt):
         if not tokenizer.chat_template:

@@ -89,7 +89,8 @@ def mean_gold_score(
     """Mean gold score of the model's greedy answers (generated in eval mode, as the chat command does); the gold
     function receives TRL's forms, as a reward function does. ``model`` may be partitioned by ZeRO-3 (loaded under
     ``zero.Init``, or the trainer's engine with ``accelerator``): generation sees the full weights."""
-    from rlhf_trl.inference.chat import ChatSession, GenerationSettings, as_completions
+    from rlhf_trl.generation import GenerationSettings, as_completions
+    from rlhf_trl.inference.chat import ChatSession
     from rlhf_trl.ppo.rollout import gathered_policy
 
     with gathered_policy(model, accelerator) as policy:
