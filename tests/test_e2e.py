@@ -48,8 +48,8 @@ def test_tiny_e2e_with_zero2_meets_the_quality_bar(tmp_path):
     # SFT learns the task; the reward model ranks held-out pairs well; PPO fixes what the demonstrations got wrong.
     assert gold["sft"] > gold["base"] + 0.3, gold
     assert reward_info["final_metrics"]["eval_pair_accuracy"] >= 0.8
-    # Measured on the final tree of 2026-12-01: +0.050 and +0.080 over two runs (see BENCHMARKS.md); 0.03 leaves room.
-    assert gold["ppo"] > gold["sft"] + 0.03, gold
+    # Measured with these recipes on 2026-12-01: +0.087 to +0.131 over seeds and launches (see BENCHMARKS.md).
+    assert gold["ppo"] > gold["sft"] + 0.05, gold
     assert "held-out gold score" in result.stdout
     assert "sample conversations" in result.stdout
 
