@@ -86,18 +86,18 @@ def gold_prompts(dataset, limit: int = 200) -> list:
 def mean_gold_score(
     gold_function, model, tokenizer, prompts: list, max_new_tokens: int = 32, accelerator=None
 ) -> float:
-    """Mean gold score of the model's greedy answers (generated in eval mode, as the chat command does); the gold
-    function receives TRL's forms, as a reward function does. ``model`` may be partitioned by ZeRO-3 (loaded under
-    ``zero.Init``, or the trainer's engine with ``accelerator``): generation sees the full weights."""
-    from rlhf_trl.generation import GenerationSettings, as_completions
-    from rlhf_trl.inference.chat import ChatSession
+    """Mean gold score of the model's greedy answers (generated in eval mode by ``rlhf_trl.generation.Generator``, as
+    chat and evaluation generate); the gold function receives TRL's forms, as a reward function does. ``model`` may
+    be partitioned by ZeRO-3 (loaded under ``zero.Init``, or the trainer's engine with ``accelerator``): generation
+    sees the full weights."""
+    from rlhf_trl.generation import GenerationSettings, Generator, as_completions
     from rlhf_trl.ppo.rollout import gathered_policy
 
     with gathered_policy(model, accelerator) as policy:
         was_training = policy.training
         policy.eval()
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=64)
-        completions = ChatSession(policy, tokenizer, settings).complete(list(prompts))
+        completions = Generator(policy, tokenizer, settings).complete(list(prompts))
         policy.train(was_training)
     scores = gold_function(prompts=list(prompts), completions=as_completions(prompts, completions))
     return float(sum(scores) / len(scores))
