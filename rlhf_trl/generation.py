@@ -176,8 +176,22 @@ def has_eos(completion_ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> 
     return torch.isin(completion_ids, _ids_tensor(eos_token_id, completion_ids.device)).any(dim=1)  # [B]
 
 
+def pad_after_end(
+    completion_ids: torch.Tensor, eos_token_id: int | Sequence[int], pad_token_id: int
+) -> torch.LongTensor:
+    """completion_ids: [B, T] new tokens. Returns [B, W]: each row up to and including its first end-of-text token
+    (:func:`completion_mask`), padded after it, the width cut to the longest kept row, which is what Hugging Face
+    ``generate`` returns. No end ids: the tokens come back unchanged."""
+    if completion_ids.numel() == 0:
+        return completion_ids
+    mask = completion_mask(completion_ids, eos_token_id, pad_token_id)  # [B, T]
+    padded = completion_ids.masked_fill(mask == 0, pad_token_id)  # [B, T]
+    return padded[:, : int(mask.sum(dim=1).max())]  # [B, W]
+
+
 def _ids_tensor(token_ids: int | Sequence[int], device) -> torch.Tensor:
-    return torch.tensor([token_ids] if isinstance(token_ids, int) else list(token_ids), device=device)
+    ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+    return torch.tensor(ids, dtype=torch.long, device=device)
 
 
 class Generator:

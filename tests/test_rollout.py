@@ -16,6 +16,8 @@ from transformers import (
     OPTForCausalLM,
 )
 
+from rlhf_trl.generation import pad_after_end
+from rlhf_trl.ppo.deepspeed_engine import resolve_generation_config, rollout_engine_limitation, sampling_config_from
 from rlhf_trl.ppo.modeling import PolicyAndValueWrapper
 from rlhf_trl.ppo.rollout import HFRollout
 from rlhf_trl.ppo.rollout_deepspeed import (
@@ -24,10 +26,6 @@ from rlhf_trl.ppo.rollout_deepspeed import (
     KERNELS,
     DeepSpeedRollout,
     build_rollout,
-    pad_after_end,
-    resolve_generation_config,
-    rollout_engine_limitation,
-    sampling_config_from,
 )
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 
@@ -307,7 +305,7 @@ def deepspeed_training_engine(module: nn.Module, zero_stage: int):
     """The PPO trainer's layout under DeepSpeed: actor and critic in one engine with an optimizer."""
     import deepspeed
 
-    from rlhf_trl.ppo.rollout_deepspeed import distributed_environment
+    from rlhf_trl.ppo.deepspeed_engine import distributed_environment
 
     config = {
         "train_micro_batch_size_per_gpu": 2,
