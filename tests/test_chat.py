@@ -121,6 +121,18 @@ def test_oldest_exchanges_are_dropped_when_the_conversation_outgrows_the_model()
     assert len(session.history) < 5
 
 
+def test_generator_keeps_the_end_of_a_prompt_longer_than_the_model_allows():
+    tokenizer = build_tokenizer()
+    model = ScriptedModel(tokenizer, "1 2 <eos>", max_positions=32)
+    generator = Generator(model, tokenizer, GenerationSettings(max_new_tokens=8))
+    assert generator.prompt_limit() == 24  # the positions minus the room kept for the answer
+    prompt = "Human: sort " + " ".join(["3 2 1"] * 12) + " Assistant:"
+    assert not generator.fits(prompt) and generator.fits("Human: sort 3 Assistant:")
+    assert generator.complete([prompt]) == [" 1 2"]
+    seen = tokenizer.encode(model.seen_prompts[0][0], add_special_tokens=False)
+    assert len(seen) == 24 and model.seen_prompts[0][0].endswith("3 2 1 Assistant:")
+
+
 def test_chat_template_is_used_and_its_user_marker_cuts_the_answer():
     tokenizer = build_tokenizer()
     tokenizer.add_tokens(["<|user|>", "<|assistant|>"], special_tokens=True)

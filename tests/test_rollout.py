@@ -250,6 +250,15 @@ def test_pad_after_end_matches_generate_format():
     assert torch.equal(pad_after_end(completions, [], pad), completions)
 
 
+def test_pad_after_end_takes_several_end_ids_and_empty_batches():
+    turn_end, eos, pad = 2, 1, 0
+    completions = torch.tensor([[5, 2, 7, 1], [5, 6, 1, 2]])
+    assert pad_after_end(completions, [eos, turn_end], pad).tolist() == [[5, 2, 0], [5, 6, 1]]
+    assert pad_after_end(completions, turn_end, pad).tolist() == [[5, 2, 0, 0], [5, 6, 1, 2]]
+    empty = torch.zeros((2, 0), dtype=torch.long)
+    assert pad_after_end(empty, [eos], pad).shape == (2, 0)
+
+
 def resolved(tokenizer, **settings) -> GenerationConfig:
     return resolve_generation_config(generation_config(tokenizer, **settings), GenerationConfig())
 
