@@ -223,7 +223,7 @@ def profile(trainer, warmup: int, steps: int, reward_model) -> dict:
         marks.append(time.perf_counter())
         probe.phase = "training"
         trainer.update(rollout)
-        trainer.rollout.sync_weights()
+        trainer.generator.sync_weights()
         _synchronize()
         marks.append(time.perf_counter())
         probe.phase = None

@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 from rlhf_trl.data import tiny_sort
-from rlhf_trl.ppo.estimators import TRL_LOSS_TYPES, group_batch_sizes
+from rlhf_trl.ppo.group_batches import group_batch_sizes
+from rlhf_trl.ppo.losses import TRL_LOSS_TYPES
 from rlhf_trl.tiny.task import gold_scores
 
 TRAINERS = ("grpo", "rloo")
-# TRL's GRPOConfig.loss_type names that aggregate as one of ours (rlhf_trl.ppo.estimators.LOSS_TYPES).
+# TRL's GRPOConfig.loss_type names that aggregate as one of ours (rlhf_trl.ppo.losses.LOSS_TYPES).
 GRPO_LOSS_TYPES = tuple(name for names in TRL_LOSS_TYPES.values() for name in names)
 
 
