@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback
 from trl import TrlParser, get_peft_config, get_quantization_config
 
-from rlhf_trl.models import model_folder_problem
+from rlhf_trl.models import is_lora_folder, model_folder_problem
 from rlhf_trl.output_dir import (
     OutputDirError,
     OutputLock,
@@ -207,7 +207,7 @@ def check_model_path(name_or_path: str | None, what: str, needs_tokenizer: bool 
         raise StepError(f"no {what} given (set model_name_or_path)")
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        if not (path / "config.json").exists() and not is_lora_folder(path):
             raise StepError(f"{what} {name_or_path} has no config.json: not a Hugging Face model folder")
         problem = model_folder_problem(path, needs_tokenizer)
         if problem:
