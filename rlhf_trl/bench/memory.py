@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from rlhf_trl.bench.memory_child import run_child
-from rlhf_trl.steps import STEP_NAMES
+from rlhf_trl.steps import BY_NAME, STEP_NAMES
 
 MODES = {"full": "{step}.yaml", "8bit-lora": "{step}-8bit-lora.yaml"}
 SIZES = ("tiny", "opt-125m", "opt-350m")
@@ -150,7 +150,7 @@ def measure(step: str, mode: str, models: dict, workdir: Path, options: argparse
         run.update(json.loads(result_path.read_text()))
     run.update(
         step=step, mode=mode, recipe=f"recipes/tiny/{MODES[mode].format(step=step)}", wall_s=round(wall, 1),
-        exit_code=completed.returncode, command=shlex.join([f"python -m rlhf_trl.scripts.{step}", *arguments]),
+        exit_code=completed.returncode, command=shlex.join([f"python -m {BY_NAME[step].module}", *arguments]),
     )  # fmt: skip
     if completed.returncode != 0:
         run["log_tail"] = log_path.read_text(errors="replace")[-3000:]

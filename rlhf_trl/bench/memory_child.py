@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from rlhf_trl.steps import BY_NAME
+
 
 def status_kib(field: str) -> int | None:
     """A ``VmXXX`` line of /proc/self/status in KiB, or None where there is no /proc (not Linux)."""
@@ -101,7 +103,7 @@ def run_child(argv: list[str]) -> int:
     settings) would not be counted.
     """
     step, result_path, *script_args = argv
-    module = importlib.import_module(f"rlhf_trl.scripts.{step}")
+    module = importlib.import_module(BY_NAME[step].module)
     tracker = TrainingPeakTracker()
     sys.argv = [module.__file__, *script_args]  # what the script records as its command in run_info.json
     exit_code, error = 1, None
