@@ -124,7 +124,7 @@ def run_benchmark(options: argparse.Namespace) -> dict:
         "device": device_description(),
         "is_main_process": trainer.accelerator.is_main_process,
         "rollout_backend": options.rollout_backend,
-        "active_backend": getattr(trainer.rollout, "active_backend", trainer.rollout.name),
+        "active_backend": trainer.rollout_backend_in_use,
         "actor_params": actor_params,
         "critic_params": critic_params,
         "prompt_length": preset.prompt_length,
