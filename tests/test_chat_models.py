@@ -21,8 +21,7 @@ from transformers import (
 )
 from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-from rlhf_trl.generation import GenerationSettings, encode_prompts, encode_text
-from rlhf_trl.inference.chat import ChatSession
+from rlhf_trl.generation import GenerationSettings, Generator, encode_prompts, encode_text
 from rlhf_trl.inference.evaluate import main as eval_main
 from rlhf_trl.inference.evaluate import score_pairs
 from rlhf_trl.models import check_same_vocabulary, ensure_pad_token
@@ -221,8 +220,8 @@ def test_no_prompt_gets_a_second_bos(tiny_chat_dir, tiny_chat_reward_dir):
     scorer = RewardModelScorer(reward, AutoTokenizer.from_pretrained(tiny_chat_reward_dir))
     assert scorer.encode(conversation, "1 2 3").count(bos) == 1
     assert scorer.encode("Human: sort 3 1 2 Assistant:", " 1 2 3").count(bos) == 1
-    session = ChatSession(*_causal_lm(tiny_chat_dir), GenerationSettings(max_new_tokens=3))
-    batch = session.generate([conversation, [{"role": "user", "content": "sort 9 8"}]])
+    generator = Generator(*_causal_lm(tiny_chat_dir), GenerationSettings(max_new_tokens=3))
+    batch = generator.generate([conversation, [{"role": "user", "content": "sort 9 8"}]])
     for row, mask in zip(batch.prompt_ids, batch.prompt_mask):
         real = row[mask.bool()].tolist()
         assert real[0] == bos and real.count(bos) == 1

@@ -208,8 +208,7 @@ def test_ppo_raises_the_reward_of_a_remote_server(tmp_path, tiny_base_dir, tiny_
 
 
 def test_serve_reward_command_scores_like_the_trainer(tiny_reward_dir):
-    from rlhf_trl.inference.evaluate import load_reward_model
-    from rlhf_trl.reward.sources import RewardModelScorer
+    from rlhf_trl.reward.sources import RewardModelScorer, load_reward_model
 
     command = [sys.executable, "-m", "rlhf_trl.cli", "serve-reward", "--model", str(tiny_reward_dir), "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -241,9 +240,8 @@ def test_serve_reward_bad_model_folder_is_one_line(tmp_path):
 
 
 def test_a_served_chat_reward_model_scores_like_in_process(tiny_chat_reward_dir):
-    from rlhf_trl.inference.evaluate import load_reward_model
     from rlhf_trl.reward.server import load_scorer
-    from rlhf_trl.reward.sources import RewardModelScorer
+    from rlhf_trl.reward.sources import RewardModelScorer, load_reward_model
 
     # TRL's conversational forms, as the trainer hands them to reward sources: message lists travel as JSON.
     prompts = [[{"role": "user", "content": f"sort {digits}"}] for digits in ("3 1 2", "9 8")]

@@ -118,10 +118,9 @@ class RewardModelReward:
     __name__ = "reward_model"
 
     def __init__(self, folder: str):
-        from rlhf_trl.inference.evaluate import load_reward_model
         from rlhf_trl.reward.sources import RewardModelScorer
 
-        self.scorer = RewardModelScorer(*load_reward_model(folder))
+        self.scorer = RewardModelScorer.from_pretrained(folder)
 
     def __call__(self, prompts, completions, **_columns) -> list[float]:
         spaced = [
@@ -318,12 +317,13 @@ def run(arguments: argparse.Namespace) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from rlhf_trl.inference.evaluate import EvalInputError
+    from rlhf_trl.inference.eval_inputs import EvalInputError
+    from rlhf_trl.reward.sources import RewardModelError
 
     arguments = make_parser().parse_args(argv)
     try:
         result = run(arguments)
-    except (BadInput, EvalInputError) as error:
+    except (BadInput, EvalInputError, RewardModelError) as error:
         print(f"run_trl_reference: {error}", file=sys.stderr)
         return 2
     print(json.dumps(result))

@@ -16,13 +16,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rlhf_trl.configs import ConfigError
+from rlhf_trl.steps import PPO as PPO_STEP
 
 logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
 # report_to name -> the package it needs (installed with the extra of the same name: pip install 'rlhf-trl[wandb]').
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 # Metrics shown on the progress bar and in the log line.
-SHOWN = ("objective/score", "objective/gold_score", "objective/kl", "policy/clip_fraction", "response/length")
+SHOWN = PPO_STEP.progress_metrics
 SAMPLE_COLUMNS = ["prompt", "completion", "score", "gold_score"]
 
 
