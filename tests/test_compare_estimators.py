@@ -135,3 +135,12 @@ def test_every_algorithm_has_a_command(harness, tmp_path):
     # The tiny PPO recipe's budget: 80 steps x 64 completions, evaluated every 20 steps.
     assert trl[trl.index("--num-samples") + 1] == "5120"
     assert trl[trl.index("--eval-every-samples") + 1] == "1280"
+
+
+def test_help_and_missing_base_models(harness, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        harness.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--algorithms" in capsys.readouterr().out
+    assert harness.main(["--base-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "step1_sft: no model" in capsys.readouterr().err
