@@ -59,7 +59,7 @@ def build_our_trainer(variant: str, warmup_steps: int, steps: int, workdir: Path
     from datasets import Dataset
     from step3_profile import shared_preset
 
-    from rlhf_trl.bench.step3 import build_models, build_tokenizer, random_prompts
+    from rlhf_trl.bench.workloads import build_models, build_tokenizer, random_prompts
     from rlhf_trl.ppo.config import PPOConfig
     from rlhf_trl.ppo.trainer import PPOTrainer
 

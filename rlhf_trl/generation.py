@@ -221,7 +221,7 @@ class Generator:
         cls, path: str | Path, settings: GenerationSettings | None = None, trust_remote_code: bool = False
     ) -> Generator:
         """A generator over the checkpoint in ``path`` (a full model or a LoRA adapter folder)."""
-        from rlhf_trl.inference.chat import load_causal_lm
+        from rlhf_trl.models import load_causal_lm
 
         return cls(*load_causal_lm(path, trust_remote_code), settings)
 

@@ -109,11 +109,11 @@ def _rollout_of(trainer, answers: list[str]):
     rows = [tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id] for answer in answers]
     width = max(len(row) for row in rows)
     fixed = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
-    trainer.rollout.generate = lambda prompt_ids, prompt_mask: fixed
+    trainer.generator.generate = lambda prompt_ids, prompt_mask: fixed
     # No decoding logits for fixed tokens: None makes score() run the actor's forward, as for any such backend.
-    trainer.rollout.generate_with_logprobs = lambda prompt_ids, prompt_mask, temperature: (fixed, None)
-    prompts = trainer.train_prompts["prompt"]
-    return trainer.generate(trainer._collate(prompts, trainer.train_prompts["ids"], {}))
+    trainer.generator.generate_with_logprobs = lambda prompt_ids, prompt_mask, temperature: (fixed, None)
+    prompts = trainer.train_prompts.prompts
+    return trainer.generate(trainer.train_prompts.collate(prompts, trainer.train_prompts.ids, {}))
 
 
 def test_reward_model_scores_ppo_answers_exactly_as_reward_trainer_saw_its_pairs(

@@ -133,11 +133,11 @@ def test_peer_script_help_runs_without_trl():
 
 
 def test_peer_script_builds_our_workload():
-    """Same weights, tokenizer and prompts as rlhf_trl.bench.step3's builders (the peer may not import them)."""
+    """Same weights, tokenizer and prompts as rlhf_trl.bench.workloads's builders (the peer may not import them)."""
     import torch
     from step3_profile import shared_preset
 
-    from rlhf_trl.bench.step3 import build_models, build_tokenizer, random_prompts
+    from rlhf_trl.bench.workloads import build_models, build_tokenizer, random_prompts
 
     spec = importlib.util.spec_from_file_location(
         "run_trl_ppo", REPO / "benchmarks" / "trl_ppo_peer" / "run_trl_ppo.py"

@@ -5,7 +5,7 @@ its dependencies never meet ours. It builds the same workload as ``benchmarks/st
 OPT-shaped actor, critic and reward model (hidden 64, FFN 256, 4 heads, 2 layers, OPT's 50,272-token vocabulary,
 random weights from seed 0, built in the same order), a word-level tokenizer over that vocabulary, 64-token random
 prompts (seed 0), answers of exactly 64 tokens, 16 prompts per step, one PPO epoch, fp32. The builders below repeat
-rlhf_trl.bench.step3's (``tests/test_step3_vs_trl.py`` checks that both give the same weights and prompts).
+rlhf_trl.bench.workloads's (``tests/test_step3_vs_trl.py`` checks that both give the same weights and prompts).
 
     .venv-trl112/bin/python benchmarks/trl_ppo_peer/run_trl_ppo.py --warmup-steps 2 --steps 6 --output /tmp/trl.json
 
@@ -50,7 +50,7 @@ UNMATCHED = [
 
 # ---------------------------------------------------------------------------------------------------------- workload
 def opt_config(hidden: int, ffn: int, heads: int, layers: int):
-    """OPT configuration of the shared workload (pre-layer-norm, dropout off), as in rlhf_trl.bench.step3."""
+    """OPT configuration of the shared workload (pre-layer-norm, dropout off), as in rlhf_trl.bench.workloads."""
     from transformers import OPTConfig
 
     return OPTConfig(

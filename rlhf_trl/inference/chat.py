@@ -12,45 +12,14 @@ this module keeps the conversation.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
 from rlhf_trl.generation import TRANSCRIPT_ASSISTANT, TRANSCRIPT_USER, GenerationSettings, Generator, Prompt
+from rlhf_trl.models import load_causal_lm
 
 logger = logging.getLogger(__name__)
-
-
-def load_causal_lm(path: str | Path, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` from a checkpoint folder: a full model or a LoRA adapter folder.
-
-    An adapter folder (``adapter_config.json``) is loaded on top of its base model; its tokenizer comes from the
-    folder when saved there, else from the base model. The model is returned in eval mode on CPU/GPU as saved.
-    ``trust_remote_code`` allows models and tokenizers that ship their own Python code.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlhf_trl.models import TINY_BASE, resolve_model_name
-
-    path = Path(resolve_model_name(str(path)) if str(path) == TINY_BASE else path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder {path} does not exist")
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-        base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        tokenizer_source = path if (path / "tokenizer_config.json").exists() else base_name
-    else:
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} holds no model: neither config.json nor adapter_config.json")
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer_source = path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
-    model.eval()
-    return model, tokenizer
 
 
 class ChatSession:

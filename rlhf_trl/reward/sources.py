@@ -8,7 +8,6 @@ two trainers unchanged. For conversational prompts (message lists) each completi
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,19 +36,19 @@ def load_reward_model(path: str | Path, trust_remote_code: bool = False):
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from rlhf_trl.models import ADAPTER_CONFIG, adapter_tokenizer_source, is_lora_folder
+
     path = Path(path)
-    if (path / "adapter_config.json").exists():
+    if is_lora_folder(path):
         from peft import AutoPeftModelForSequenceClassification
 
         model = AutoPeftModelForSequenceClassification.from_pretrained(
             path, num_labels=1, trust_remote_code=trust_remote_code
         )
-        base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        tokenizer_source = path if (path / "tokenizer_config.json").exists() else base_name
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(adapter_tokenizer_source(path), trust_remote_code=trust_remote_code)
     else:
         if not (path / "config.json").exists():
-            raise RewardModelError(f"{path}: no reward model here (no config.json or adapter_config.json)")
+            raise RewardModelError(f"{path}: no reward model here (no config.json or {ADAPTER_CONFIG})")
         model, loading_info = AutoModelForSequenceClassification.from_pretrained(
             path, output_loading_info=True, trust_remote_code=trust_remote_code
         )

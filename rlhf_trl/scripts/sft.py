@@ -31,6 +31,7 @@ from rlhf_trl.scripts.common import (
     run_step,
     train_and_save_final,
 )
+from rlhf_trl.steps import SFT
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
             gold_function, trainer.model_wrapped, tokenizer, prompts, accelerator=trainer.accelerator
         )
     if trainer.accelerator.is_main_process:
-        finish_step(output, "sft", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, SFT.name, parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 
