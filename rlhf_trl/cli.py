@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from rlhf_trl.steps import STEP_NAMES
+
 COMMANDS = {
     "sft": ("rlhf_trl.scripts.sft", "cli", "step 1: supervised fine-tuning (TRL SFTTrainer)"),
     "reward": ("rlhf_trl.scripts.reward", "cli", "step 2: reward model (TRL RewardTrainer / K-wise)"),
@@ -21,7 +23,7 @@ COMMANDS = {
 # Commands whose terminal output is for reading: no per-model "Loading weights" bars between their lines.
 QUIET_LOADING = ("e2e", "chat", "eval")
 # Steps that can be started under ``accelerate launch`` with ``--accelerate_config NAME|PATH``.
-LAUNCHABLE = ("sft", "reward", "ppo")
+LAUNCHABLE = STEP_NAMES
 
 
 def usage() -> str:

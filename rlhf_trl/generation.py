@@ -4,17 +4,25 @@ Every command renders a prompt the same way: a conversation (TRL's list of messa
 tokenized without adding special tokens (the template already wrote its BOS); a plain text prompt with the
 tokenizer's special tokens, unless it already starts with the BOS token. An answer ends at its first end-of-text
 token (:func:`completion_mask`); its text is decoded after the prompt so a leading space survives
-(:func:`completion_texts`). PPO's rollout, evaluation, gold scoring, the e2e sample table and the chat UI use it.
+(:func:`completion_texts`). :class:`Generator` generates answers in batches with a Hugging Face model; evaluation,
+gold scoring, the e2e sample table and the chat UI use it, and PPO's rollout backends use the same cut.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+logger = logging.getLogger(__name__)
+
 _SENTINEL = "RLHF_TRL_SENTINEL_MESSAGE"
+# DS-Chat's transcript speakers: ``Human: <text> Assistant: <answer> Human: ...``.
+TRANSCRIPT_USER = "Human:"
+TRANSCRIPT_ASSISTANT = "Assistant:"
 
 
 @dataclass
@@ -168,5 +176,132 @@ def has_eos(completion_ids: torch.Tensor, eos_token_id: int | Sequence[int]) -> 
     return torch.isin(completion_ids, _ids_tensor(eos_token_id, completion_ids.device)).any(dim=1)  # [B]
 
 
+def pad_after_end(
+    completion_ids: torch.Tensor, eos_token_id: int | Sequence[int], pad_token_id: int
+) -> torch.LongTensor:
+    """completion_ids: [B, T] new tokens. Returns [B, W]: each row up to and including its first end-of-text token
+    (:func:`completion_mask`), padded after it, the width cut to the longest kept row, which is what Hugging Face
+    ``generate`` returns. No end ids: the tokens come back unchanged."""
+    if completion_ids.numel() == 0:
+        return completion_ids
+    mask = completion_mask(completion_ids, eos_token_id, pad_token_id)  # [B, T]
+    padded = completion_ids.masked_fill(mask == 0, pad_token_id)  # [B, T]
+    return padded[:, : int(mask.sum(dim=1).max())]  # [B, W]
+
+
 def _ids_tensor(token_ids: int | Sequence[int], device) -> torch.Tensor:
-    return torch.tensor([token_ids] if isinstance(token_ids, int) else list(token_ids), device=device)
+    ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+class Generator:
+    """Answers of one causal LM to prompts (plain texts or conversations), generated in batches.
+
+    ``generate(prompts) -> GeneratedBatch`` (token ids, masks and texts of one batch) and ``complete(prompts) ->
+    texts`` (any number of prompts, in batches of ``settings.batch_size``). An answer ends at its first end-of-text
+    token (:func:`end_token_ids`) and its text is cut where the model starts writing the next user turn by itself
+    (``Human:`` or the chat template's user marker). Prompts longer than the model allows keep their end.
+    """
+
+    def __init__(self, model, tokenizer, settings: GenerationSettings | None = None):
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; batched generation needs one")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings or GenerationSettings()
+        marker = user_turn_marker(tokenizer)
+        self.stop_markers = [TRANSCRIPT_USER] + ([marker] if marker and marker != TRANSCRIPT_USER else [])
+        # A marker made of special tokens vanishes when decoding without them, so it is also looked for in the ids.
+        self.stop_token_sequences = [tokenizer.encode(marker, add_special_tokens=False)] if marker else []
+        self.end_token_ids = end_token_ids(model, tokenizer)
+        self.max_positions = getattr(model.config, "max_position_embeddings", None)
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, settings: GenerationSettings | None = None, trust_remote_code: bool = False
+    ) -> Generator:
+        """A generator over the checkpoint in ``path`` (a full model or a LoRA adapter folder)."""
+        from rlhf_trl.models import load_causal_lm
+
+        return cls(*load_causal_lm(path, trust_remote_code), settings)
+
+    def prompt_limit(self) -> int | None:
+        """Most prompt tokens: the model's positions minus the room kept for the answer (at most half of them,
+        so a large ``max_new_tokens`` on a small model still leaves space for the prompt). None: no limit known."""
+        if self.max_positions is None:
+            return None
+        return self.max_positions - min(self.settings.max_new_tokens, self.max_positions // 2)
+
+    def fits(self, prompt: Prompt) -> bool:
+        """Whether ``prompt`` is read whole (not cut from the left, see :meth:`prompt_limit`)."""
+        limit = self.prompt_limit()
+        return limit is None or len(encode_prompts(self.tokenizer, [prompt])[0]) <= limit
+
+    def complete(self, prompts: list[Prompt]) -> list[str]:
+        """Answers (clean text, see :meth:`generate`) for prompts, generated in batches of ``settings.batch_size``."""
+        answers = []
+        for start in range(0, len(prompts), self.settings.batch_size):
+            answers.extend(self.generate(prompts[start : start + self.settings.batch_size]).texts)
+        return answers
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt]) -> GeneratedBatch:
+        """Generate for one batch of prompts; prompts longer than the model allows keep their end.
+
+        ``texts`` are the answers without special tokens, cut at the next user turn; the leading space a model
+        writes after a plain prompt is kept (a reward model reads prompt and answer joined as they are)."""
+        limit = self.prompt_limit()
+        encoded = encode_prompts(self.tokenizer, prompts)
+        sequences = [ids[-limit:] if limit is not None else ids for ids in encoded]
+        truncated = sum(len(ids) != len(kept) for ids, kept in zip(encoded, sequences))
+        if truncated:
+            logger.warning("%d prompt(s) longer than %d tokens were cut from the left", truncated, limit)
+        batch = self.tokenizer.pad({"input_ids": sequences}, padding=True, padding_side="left", return_tensors="pt")
+        device = next(self.model.parameters()).device
+        prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        sampling = (
+            {"do_sample": True, "temperature": self.settings.temperature}
+            if self.settings.do_sample
+            else {"do_sample": False}
+        )
+        max_new_tokens = self.settings.max_new_tokens
+        if self.max_positions is not None and prompt_ids.shape[1] + max_new_tokens > self.max_positions:
+            max_new_tokens = self.max_positions - prompt_ids.shape[1]
+            logger.info(
+                "answers limited to %d new tokens by the model's %d positions", max_new_tokens, self.max_positions
+            )
+        output = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.end_token_ids,
+            **sampling,
+        )
+        completion_ids = output[:, prompt_ids.shape[1] :]
+        answer_mask = completion_mask(completion_ids, self.end_token_ids, self.tokenizer.pad_token_id)
+        # Everything after the first end-of-text token is padding that generate() appended.
+        completion_ids = completion_ids.masked_fill(answer_mask == 0, self.tokenizer.pad_token_id)
+        texts = [
+            self._answer_text(prompt, ids[mask.bool()])
+            for prompt, ids, mask in zip(prompt_ids, completion_ids, answer_mask)
+        ]
+        return GeneratedBatch(prompt_ids, prompt_mask, completion_ids, answer_mask, texts)
+
+    def _answer_text(self, prompt_ids: torch.LongTensor, token_ids: torch.LongTensor) -> str:
+        """Decode the new tokens of one answer without special tokens and cut it at the next user turn (the text
+        before the cut loses its trailing spaces)."""
+        ids = token_ids.tolist()
+        for sequence in self.stop_token_sequences:
+            for start in range(len(ids) - len(sequence) + 1):
+                if sequence and ids[start : start + len(sequence)] == sequence:
+                    ids = ids[:start]
+                    break
+        new_tokens = torch.tensor([ids], dtype=torch.long, device=prompt_ids.device).reshape(1, -1)
+        text = completion_texts(self.tokenizer, prompt_ids.unsqueeze(0), new_tokens)[0]
+        cut = len(text)
+        for marker in self.stop_markers:
+            position = text.find(marker)
+            if position != -1:
+                cut = min(cut, position)
+        return text[:cut].rstrip() if cut < len(text) else text

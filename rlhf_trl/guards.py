@@ -54,6 +54,28 @@ def any_process(flag: bool, device: torch.device | str | None = None) -> bool:
     return agree_any([flag], device)[0]
 
 
+def agree_on_micro_batch(problem: str | None, blown_up: bool, step: int, device=None) -> bool:
+    """Decide together whether a PPO micro-batch diverged (``problem`` names a NaN/inf loss: raises
+    TrainingDivergedError on every process) or blew up (returns True when it did on any process). A rank stopping or
+    skipping alone would leave the others waiting in the next collective (the gradient all-reduce)."""
+    diverged, blown_up = agree_any([problem is not None, blown_up], device)
+    if diverged:
+        problem = problem or "a loss is NaN/inf on another process"
+        raise TrainingDivergedError(f"step {step}: {problem}; stopping (last checkpoint kept)")
+    return blown_up
+
+
+def check_gradient_norm(accelerator, model, max_norm: float, step: int) -> None:
+    """Clip the gradients of ``model`` to ``max_norm``; a NaN/inf norm on any process stops training. DeepSpeed
+    clips and checks overflow inside its own step, so nothing to do under it."""
+    if accelerator.state.deepspeed_plugin is not None:
+        return
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    bad = norm is not None and not bool(torch.isfinite(torch.as_tensor(norm)))
+    if any_process(bad, accelerator.device):
+        raise TrainingDivergedError(f"step {step}: gradient norm is {float(norm)}; stopping (last checkpoint kept)")
+
+
 def parameters_finite(model) -> bool:
     """Whether every floating-point parameter of ``model`` is finite (this process's shard of it)."""
     return all(torch.isfinite(parameter).all() for parameter in model.parameters() if parameter.is_floating_point())

@@ -13,6 +13,8 @@ from pathlib import Path
 from rlhf_trl.resources import accelerate_config
 
 DEPLOYMENT_TYPES = ("cpu", "single_gpu", "single_node", "multi_node")
+# ZeRO stages a step may ask for (0: no DeepSpeed); which of them a deployment offers is in _CONFIG_NAMES.
+ZERO_STAGES = (0, 1, 2, 3)
 
 # (deployment type, ZeRO stage) -> config file name. Stage None/0 means no DeepSpeed, except on multi-node, which
 # always runs DeepSpeed's launcher (stage 0 there) and takes the stage on the launch command line.

@@ -1,9 +1,11 @@
-"""Model names the project resolves itself, and tokenizer set-up every step needs."""
+"""Model names the project resolves itself, LoRA adapter folders, loading a checkpoint for generation, and the
+tokenizer set-up every step needs."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -16,6 +18,28 @@ CACHE_DIR = Path(os.environ.get("RLHF_TRL_CACHE", Path.home() / ".cache" / "rlhf
 TINY_BASE = "tiny-base"
 # Tiny chat models of current architectures (byte-level BPE, chat template), built the same way: name -> family.
 TINY_CHAT_BASES = {"tiny-llama-chat": "llama", "tiny-qwen2-chat": "qwen2"}
+# The file that makes a folder a LoRA adapter (PEFT's): it names the adapter's base model.
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def is_lora_folder(path: str | Path) -> bool:
+    """Whether ``path`` holds a LoRA adapter (a LoRA step's output) rather than a full model."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_config(path: str | Path) -> dict:
+    """The adapter configuration of the LoRA folder ``path``."""
+    return json.loads((Path(path) / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+
+
+def adapter_base_model(path: str | Path) -> str | None:
+    """Name or path of the base model the LoRA adapter in ``path`` was trained on (None when it names none)."""
+    return adapter_config(path).get("base_model_name_or_path") or None
+
+
+def adapter_tokenizer_source(path: str | Path) -> str | Path:
+    """Where the tokenizer of the LoRA folder ``path`` is: the folder when it was saved there, else the base model."""
+    return path if (Path(path) / "tokenizer_config.json").is_file() else adapter_base_model(path)
 
 
 def resolve_model_name(name_or_path: str | None) -> str | None:
@@ -30,7 +54,7 @@ def resolve_model_name(name_or_path: str | None) -> str | None:
         from rlhf_trl.tiny.chat_model import build_tiny_chat_base
 
         return str(build_tiny_chat_base(family=TINY_CHAT_BASES[name_or_path]))
-    if name_or_path and (Path(name_or_path) / "adapter_config.json").is_file():
+    if name_or_path and is_lora_folder(name_or_path):
         return str(merged_adapter(Path(name_or_path)))
     return name_or_path
 
@@ -51,6 +75,33 @@ def merged_adapter(adapter_dir: Path) -> Path:
     os.replace(staging, target)
     logger.info("merged LoRA adapter %s into %s", adapter_dir, target)
     return target
+
+
+def load_causal_lm(path: str | Path, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` from a checkpoint folder: a full model or a LoRA adapter folder.
+
+    An adapter folder (see :func:`is_lora_folder`) is loaded on top of its base model; its tokenizer comes from the
+    folder when saved there, else from the base model. The model is returned in eval mode on CPU/GPU as saved.
+    ``trust_remote_code`` allows models and tokenizers that ship their own Python code.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(resolve_model_name(str(path)) if str(path) == TINY_BASE else path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist")
+    if is_lora_folder(path):
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer_source = adapter_tokenizer_source(path)
+    else:
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} holds no model: neither config.json nor {ADAPTER_CONFIG}")
+        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
+        tokenizer_source = path
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
+    model.eval()
+    return model, tokenizer
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from rlhf_trl.bench import memory_search, workloads
 from rlhf_trl.bench import step3 as bench
 
 FIELDS = [
@@ -66,7 +67,7 @@ def test_append_adds_a_section_and_no_append_leaves_the_file_alone(tmp_path, mon
 
 
 def test_flops_formula():
-    flops = bench.step_flops(actor_params=10, critic_params=3, samples=2, tokens_per_sample=5, epochs=1)
+    flops = workloads.step_flops(actor_params=10, critic_params=3, samples=2, tokens_per_sample=5, epochs=1)
     assert flops == {"generation": 2 * 10 * 10, "scoring": 2 * (20 + 6) * 10, "training": 6 * 13 * 10}
 
 
@@ -76,34 +77,34 @@ def test_flops_formula():
 )
 def test_opt_configs_have_the_published_sizes(name, parameters):
     with torch.device("meta"):  # shapes only, no memory
-        model = AutoModelForCausalLM.from_config(bench.OPT_SIZES[name]())
-    assert bench.parameter_count(model) == parameters
+        model = AutoModelForCausalLM.from_config(workloads.OPT_SIZES[name]())
+    assert workloads.parameter_count(model) == parameters
 
 
 def test_llama_preset_is_about_one_billion_parameters():
-    preset = bench.PRESETS["llama-1b"]
+    preset = workloads.PRESETS["llama-1b"]
     critic_config = preset.critic()
     critic_config.num_labels = 1
     with torch.device("meta"):
         actor = AutoModelForCausalLM.from_config(preset.actor())
         critic = AutoModelForSequenceClassification.from_config(critic_config)
-    assert bench.parameter_count(actor) == 1_235_814_400  # Llama-3.2-1B
-    assert 0.3e9 < bench.parameter_count(critic) < 0.35e9
+    assert workloads.parameter_count(actor) == 1_235_814_400  # Llama-3.2-1B
+    assert 0.3e9 < workloads.parameter_count(critic) < 0.35e9
 
 
 def test_random_prompts_tokenize_to_exact_lengths():
-    tokenizer = bench.build_tokenizer(bench.OPT_SIZES["opt-350m"]())
-    assert len(tokenizer) == bench.OPT_VOCAB
-    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (bench.OPT_PAD, bench.OPT_EOS)
-    prompts = bench.random_prompts(tokenizer, count=3, length=256, seed=0)
+    tokenizer = workloads.build_tokenizer(workloads.OPT_SIZES["opt-350m"]())
+    assert len(tokenizer) == workloads.OPT_VOCAB
+    assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (workloads.OPT_PAD, workloads.OPT_EOS)
+    prompts = workloads.random_prompts(tokenizer, count=3, length=256, seed=0)
     ids = tokenizer(prompts)["input_ids"]
     assert [len(row) for row in ids] == [256, 256, 256]
     assert not set(tokenizer.all_special_ids) & {token for row in ids for token in row}
-    assert prompts != bench.random_prompts(tokenizer, count=3, length=256, seed=1)
+    assert prompts != workloads.random_prompts(tokenizer, count=3, length=256, seed=1)
 
 
 def test_largest_fitting_binary_search():
-    sizes = list(bench.OPT_SIZES)
+    sizes = list(workloads.OPT_SIZES)
     calls = []
 
     def fits_up_to(limit):
@@ -113,36 +114,38 @@ def test_largest_fitting_binary_search():
 
         return fits
 
-    best, tried = bench.largest_fitting(sizes, fits_up_to("opt-13b"))
+    best, tried = memory_search.largest_fitting(sizes, fits_up_to("opt-13b"))
     assert best == "opt-13b"
     assert tried["opt-13b"] is True and tried["opt-30b"] is False
     assert len(calls) <= 4, "a binary search over 8 sizes needs at most 4 trials"
-    assert bench.largest_fitting(sizes, lambda size: False) == (None, {"opt-2.7b": False, "opt-350m": False,
+    assert memory_search.largest_fitting(sizes, lambda size: False) == (None, {"opt-2.7b": False, "opt-350m": False,
                                                                        "opt-125m": False})  # fmt: skip
-    assert bench.largest_fitting(sizes, lambda size: True)[0] == "opt-66b"
+    assert memory_search.largest_fitting(sizes, lambda size: True)[0] == "opt-66b"
 
 
 def test_trial_commands(tmp_path):
-    offload = bench.trial_command("opt-13b", "lora-zero3-offload", tmp_path / "r.json", lora_rank=128, batch_size=4)
+    offload = memory_search.trial_command(
+        "opt-13b", "lora-zero3-offload", tmp_path / "r.json", lora_rank=128, batch_size=4
+    )
     assert offload[offload.index("--config_file") + 1].endswith("zero3_offload.yaml")
     assert offload[offload.index("--num_processes") + 1] == "1"
     assert offload[offload.index("-m", offload.index("--config_file")) + 1] == "rlhf_trl.bench.step3"
     assert "--load-in-8bit" not in offload and offload[offload.index("--lora-rank") + 1] == "128"
-    eight_bit = bench.trial_command("opt-13b", "lora-8bit", tmp_path / "r.json", lora_rank=128, batch_size=4)
+    eight_bit = memory_search.trial_command("opt-13b", "lora-8bit", tmp_path / "r.json", lora_rank=128, batch_size=4)
     assert eight_bit[eight_bit.index("--config_file") + 1].endswith("single_gpu.yaml")
     assert "--load-in-8bit" in eight_bit and "--bf16" in eight_bit
     with pytest.raises(ValueError, match="unknown memory mode"):
-        bench.trial_command("opt-13b", "fp4", tmp_path / "r.json", lora_rank=128, batch_size=4)
+        memory_search.trial_command("opt-13b", "fp4", tmp_path / "r.json", lora_rank=128, batch_size=4)
 
 
 def test_run_trial_tells_out_of_memory_from_other_failures(tmp_path):
     result = tmp_path / "result.json"
     success = [sys.executable, "-c", f"open({str(result)!r}, 'w').write('{{}}')"]
-    assert bench.run_trial(success, result) is True
+    assert memory_search.run_trial(success, result) is True
     out_of_memory = [sys.executable, "-c", "raise SystemExit('torch.OutOfMemoryError: CUDA out of memory.')"]
-    assert bench.run_trial(out_of_memory, tmp_path / "missing.json") is False
+    assert memory_search.run_trial(out_of_memory, tmp_path / "missing.json") is False
     with pytest.raises(RuntimeError, match="other than GPU memory"):
-        bench.run_trial([sys.executable, "-c", "raise ValueError('bad config')"], tmp_path / "missing.json")
+        memory_search.run_trial([sys.executable, "-c", "raise ValueError('bad config')"], tmp_path / "missing.json")
 
 
 def test_command_line_checks():

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlhf_trl.bench import memory as bench_memory
+from rlhf_trl.bench import memory_child
 
 
 @pytest.fixture(scope="module")
@@ -98,11 +99,11 @@ def test_padded_tokenizer_round_trips_filler_and_task_words():
 
 def test_child_reads_its_own_high_water_mark():
     """The child's VmHWM leaves out the parent's memory, which the child's ru_maxrss would count."""
-    code = "from rlhf_trl.bench.memory import status_kib; print(status_kib('VmHWM'))"
-    before = bench_memory.status_kib("VmHWM")
+    code = "from rlhf_trl.bench.memory_child import status_kib; print(status_kib('VmHWM'))"
+    before = memory_child.status_kib("VmHWM")
     child = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert 0 < child and before > 0
-    assert bench_memory.reset_peak_rss() and bench_memory.status_kib("VmHWM") <= before
+    assert memory_child.reset_peak_rss() and memory_child.status_kib("VmHWM") <= before
 
 
 def test_help_and_bad_steps(capsys):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, OPTForCausalLM
 
-from rlhf_trl.generation import GenerationSettings, user_turn_marker
+from rlhf_trl.generation import GenerationSettings, Generator, user_turn_marker
 from rlhf_trl.inference.chat import ChatSession, main, run_conversation
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 
@@ -67,8 +67,8 @@ def test_answer_stops_at_end_of_text_and_next_user_turn():
 
 def test_completion_mask_covers_tokens_up_to_first_eos():
     tokenizer = build_tokenizer()
-    session = ChatSession(ScriptedModel(tokenizer, "1 2 <eos> 5 6"), tokenizer, GenerationSettings(max_new_tokens=5))
-    batch = session.generate(["Human: sort 2 1 Assistant:"])
+    generator = Generator(ScriptedModel(tokenizer, "1 2 <eos> 5 6"), tokenizer, GenerationSettings(max_new_tokens=5))
+    batch = generator.generate(["Human: sort 2 1 Assistant:"])
     assert batch.completion_mask.tolist() == [[1, 1, 1, 0, 0]]
     pad = tokenizer.pad_token_id
     assert batch.completion_ids[0, 3:].tolist() == [pad, pad]  # tokens after the end are replaced by padding
@@ -81,8 +81,8 @@ def test_turn_end_token_of_generation_config_also_ends_the_answer():
     tokenizer.add_tokens(["<|end|>"], special_tokens=True)
     model = ScriptedModel(tokenizer, "1 2 <|end|> 7 <eos>")
     model.generation_config = GenerationConfig(eos_token_id=[tokenizer.convert_tokens_to_ids("<|end|>")])
-    session = ChatSession(model, tokenizer, GenerationSettings(max_new_tokens=5))
-    batch = session.generate(["Human: sort 2 1 Assistant:"])
+    generator = Generator(model, tokenizer, GenerationSettings(max_new_tokens=5))
+    batch = generator.generate(["Human: sort 2 1 Assistant:"])
     assert batch.completion_mask.tolist() == [[1, 1, 1, 0, 0]]
     # The answer is read as it follows the prompt: its leading space stays, so prompt + answer is the whole text.
     assert batch.texts == [" 1 2"]
@@ -121,6 +121,18 @@ def test_oldest_exchanges_are_dropped_when_the_conversation_outgrows_the_model()
     assert len(session.history) < 5
 
 
+def test_generator_keeps_the_end_of_a_prompt_longer_than_the_model_allows():
+    tokenizer = build_tokenizer()
+    model = ScriptedModel(tokenizer, "1 2 <eos>", max_positions=32)
+    generator = Generator(model, tokenizer, GenerationSettings(max_new_tokens=8))
+    assert generator.prompt_limit() == 24  # the positions minus the room kept for the answer
+    prompt = "Human: sort " + " ".join(["3 2 1"] * 12) + " Assistant:"
+    assert not generator.fits(prompt) and generator.fits("Human: sort 3 Assistant:")
+    assert generator.complete([prompt]) == [" 1 2"]
+    seen = tokenizer.encode(model.seen_prompts[0][0], add_special_tokens=False)
+    assert len(seen) == 24 and model.seen_prompts[0][0].endswith("3 2 1 Assistant:")
+
+
 def test_chat_template_is_used_and_its_user_marker_cuts_the_answer():
     tokenizer = build_tokenizer()
     tokenizer.add_tokens(["<|user|>", "<|assistant|>"], special_tokens=True)
@@ -141,8 +153,8 @@ def test_tokenizer_without_template_has_no_user_marker():
 def test_real_model_batched_answers_match_one_by_one(tiny_model_dir):
     session = ChatSession.from_pretrained(tiny_model_dir, GenerationSettings(max_new_tokens=6, batch_size=8))
     prompts = ["Human: sort 3 1 4 Assistant:", "Human: sort 9 Assistant:", "Human: sort 5 5 1 2 0 Assistant:"]
-    together = session.complete(prompts)
-    alone = [session.complete([prompt])[0] for prompt in prompts]
+    together = session.generator.complete(prompts)
+    alone = [session.generator.complete([prompt])[0] for prompt in prompts]
     assert together == alone  # left padding and positions do not change what the model says
     for answer in together:
         assert "<eos>" not in answer and "<pad>" not in answer and "Human:" not in answer
@@ -197,6 +209,6 @@ def test_lora_adapter_folder_chats_like_the_merged_model(tmp_path, tiny_model_di
     adapter = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     adapter.save_pretrained(tmp_path / "adapter")  # no tokenizer saved: it comes from the base model
     prompts = ["Human: sort 3 1 4 Assistant:", "Human: sort 7 7 0 Assistant:"]
-    from_adapter = ChatSession.from_pretrained(tmp_path / "adapter", GenerationSettings(max_new_tokens=5))
-    merged = ChatSession(adapter.merge_and_unload().eval(), build_tokenizer(), GenerationSettings(max_new_tokens=5))
+    from_adapter = Generator.from_pretrained(tmp_path / "adapter", GenerationSettings(max_new_tokens=5))
+    merged = Generator(adapter.merge_and_unload().eval(), build_tokenizer(), GenerationSettings(max_new_tokens=5))
     assert from_adapter.complete(prompts) == merged.complete(prompts)

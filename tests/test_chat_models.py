@@ -21,8 +21,7 @@ from transformers import (
 )
 from trl import RewardConfig, RewardTrainer, SFTConfig, SFTTrainer
 
-from rlhf_trl.generation import GenerationSettings, encode_prompts, encode_text
-from rlhf_trl.inference.chat import ChatSession
+from rlhf_trl.generation import GenerationSettings, Generator, encode_prompts, encode_text
 from rlhf_trl.inference.evaluate import main as eval_main
 from rlhf_trl.inference.evaluate import score_pairs
 from rlhf_trl.models import check_same_vocabulary, ensure_pad_token
@@ -110,11 +109,11 @@ def _rollout_of(trainer, answers: list[str]):
     rows = [tokenizer.encode(answer, add_special_tokens=False) + [tokenizer.eos_token_id] for answer in answers]
     width = max(len(row) for row in rows)
     fixed = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
-    trainer.rollout.generate = lambda prompt_ids, prompt_mask: fixed
+    trainer.generator.generate = lambda prompt_ids, prompt_mask: fixed
     # No decoding logits for fixed tokens: None makes score() run the actor's forward, as for any such backend.
-    trainer.rollout.generate_with_logprobs = lambda prompt_ids, prompt_mask, temperature: (fixed, None)
-    prompts = trainer.train_prompts["prompt"]
-    return trainer.generate(trainer._collate(prompts, trainer.train_prompts["ids"], {}))
+    trainer.generator.generate_with_logprobs = lambda prompt_ids, prompt_mask, temperature: (fixed, None)
+    prompts = trainer.train_prompts.prompts
+    return trainer.generate(trainer.train_prompts.collate(prompts, trainer.train_prompts.ids, {}))
 
 
 def test_reward_model_scores_ppo_answers_exactly_as_reward_trainer_saw_its_pairs(
@@ -221,8 +220,8 @@ def test_no_prompt_gets_a_second_bos(tiny_chat_dir, tiny_chat_reward_dir):
     scorer = RewardModelScorer(reward, AutoTokenizer.from_pretrained(tiny_chat_reward_dir))
     assert scorer.encode(conversation, "1 2 3").count(bos) == 1
     assert scorer.encode("Human: sort 3 1 2 Assistant:", " 1 2 3").count(bos) == 1
-    session = ChatSession(*_causal_lm(tiny_chat_dir), GenerationSettings(max_new_tokens=3))
-    batch = session.generate([conversation, [{"role": "user", "content": "sort 9 8"}]])
+    generator = Generator(*_causal_lm(tiny_chat_dir), GenerationSettings(max_new_tokens=3))
+    batch = generator.generate([conversation, [{"role": "user", "content": "sort 9 8"}]])
     for row, mask in zip(batch.prompt_ids, batch.prompt_mask):
         real = row[mask.bool()].tolist()
         assert real[0] == bos and real.count(bos) == 1

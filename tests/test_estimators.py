@@ -11,17 +11,14 @@ import statistics
 import pytest
 import torch
 
+from rlhf_trl.ppo.advantages import gae_advantages, shaped_rewards
 from rlhf_trl.ppo.estimators import (
     ADVANTAGE_ESTIMATORS,
     ESTIMATORS_NEEDING_CRITIC,
     ESTIMATORS_NEEDING_GROUPS,
-    LOSS_TYPES,
-    TRL_LOSS_TYPES,
-    aggregate_loss,
     compute_advantages,
     discounted_returns,
     dr_grpo_advantages,
-    group_batch_sizes,
     grpo_advantages,
     reinforce_pp_advantages,
     reinforce_pp_baseline_advantages,
@@ -29,7 +26,8 @@ from rlhf_trl.ppo.estimators import (
     sequence_scores,
     token_rewards,
 )
-from rlhf_trl.ppo.losses import gae_advantages, shaped_rewards
+from rlhf_trl.ppo.group_batches import group_batch_sizes
+from rlhf_trl.ppo.losses import LOSS_TYPES, TRL_LOSS_TYPES, aggregate_loss
 
 DTYPE = torch.float64  # the references use Python floats (double precision); compare at tight tolerances
 

@@ -11,19 +11,18 @@ import pytest
 import torch
 from transformers import OPTForCausalLM, OPTForSequenceClassification
 
-from rlhf_trl.generation import GenerationSettings
+from rlhf_trl.generation import GenerationSettings, Generator
 from rlhf_trl.inference.chat import ChatSession
+from rlhf_trl.inference.eval_inputs import EvalInputError, read_records
 from rlhf_trl.inference.evaluate import (
-    EvalInputError,
     completion_log_probs,
     evaluate_ppo,
     generate_answers,
-    load_reward_model,
     main,
-    read_records,
     score_pairs,
     win_rate,
 )
+from rlhf_trl.reward.sources import RewardModelError, load_reward_model
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 from rlhf_trl.tiny.task import gold_score, make_records
 
@@ -122,7 +121,7 @@ def test_reward_head_is_loaded_not_reinitialised(models):
 
 
 def test_causal_lm_is_refused_as_reward_model(models):
-    with pytest.raises(EvalInputError, match="score.weight"):
+    with pytest.raises(RewardModelError, match="score.weight"):
         load_reward_model(models["base"])
 
 
@@ -158,7 +157,7 @@ def test_generate_answers_match_chat(models):
     prompts = [record["prompt"] for record in make_records("eval", 5)]
     answers = generate_answers(models["actor"], prompts, max_new_tokens=6)
     session = ChatSession.from_pretrained(models["actor"], GenerationSettings(max_new_tokens=6))
-    assert answers == [session.complete([prompt])[0] for prompt in prompts]
+    assert answers == [session.generator.complete([prompt])[0] for prompt in prompts]
 
 
 def test_sft_command_writes_both_answers_with_gold_scores(tmp_path, models):
@@ -176,17 +175,17 @@ def test_sft_command_writes_both_answers_with_gold_scores(tmp_path, models):
 
 
 def test_completion_log_probs_match_a_naive_loop(models):
-    session = ChatSession.from_pretrained(models["actor"], GenerationSettings(max_new_tokens=5, do_sample=True))
+    generator = Generator.from_pretrained(models["actor"], GenerationSettings(max_new_tokens=5, do_sample=True))
     torch.manual_seed(0)
-    batch = session.generate(["Human: sort 3 1 4 Assistant:", "Human: sort 9 Assistant:"])
+    batch = generator.generate(["Human: sort 3 1 4 Assistant:", "Human: sort 9 Assistant:"])
     temperature = 0.7
-    batched = completion_log_probs(session.model, batch, temperature)
+    batched = completion_log_probs(generator.model, batch, temperature)
     for row in range(2):
         prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
         for position in range(int(batch.completion_mask[row].sum())):
             context = prompt + batch.completion_ids[row, :position].tolist()
             with torch.no_grad():
-                logits = session.model(input_ids=torch.tensor([context])).logits[0, -1] / temperature
+                logits = generator.model(input_ids=torch.tensor([context])).logits[0, -1] / temperature
             expected = torch.log_softmax(logits, dim=-1)[batch.completion_ids[row, position]].item()
             assert batched[row, position].item() == pytest.approx(expected, abs=1e-4)
 

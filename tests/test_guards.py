@@ -27,6 +27,8 @@ from rlhf_trl.guards import (
     warn_if_rng_state_unusable,
 )
 from rlhf_trl.ppo import losses
+from rlhf_trl.ppo.advantages import gae_advantages, shaped_rewards
+from rlhf_trl.ppo.masks import masked_mean, masked_whiten
 from rlhf_trl.ppo.trainer import PPOTrainer
 from rlhf_trl.reward.sources import CombinedReward, first_invalid_score
 from rlhf_trl.tiny.task import gold_scores, make_records
@@ -44,13 +46,13 @@ def with_padding(clean: torch.Tensor, value: float) -> torch.Tensor:
 def test_gae_ignores_inf_and_nan_at_padding(bad):
     generator = torch.Generator().manual_seed(0)
     values, rewards = torch.randn(2, 4, generator=generator), torch.randn(2, 4, generator=generator)
-    clean = losses.gae_advantages(values, rewards, MASK, gamma=1.0, lam=0.95)
-    dirty = losses.gae_advantages(with_padding(values, bad), with_padding(rewards, bad), MASK, gamma=1.0, lam=0.95)
+    clean = gae_advantages(values, rewards, MASK, gamma=1.0, lam=0.95)
+    dirty = gae_advantages(with_padding(values, bad), with_padding(rewards, bad), MASK, gamma=1.0, lam=0.95)
     for clean_part, dirty_part in zip(clean, dirty):
         assert torch.isfinite(dirty_part).all()
         assert torch.equal(clean_part, dirty_part)
-    whitened = losses.masked_whiten(with_padding(clean[0], bad), MASK)
-    assert torch.isfinite(whitened).all() and torch.equal(whitened, losses.masked_whiten(clean[0], MASK))
+    whitened = masked_whiten(with_padding(clean[0], bad), MASK)
+    assert torch.isfinite(whitened).all() and torch.equal(whitened, masked_whiten(clean[0], MASK))
 
 
 @pytest.mark.parametrize("bad", [math.inf, 200.0, math.nan])
@@ -81,10 +83,10 @@ def test_policy_value_and_kl_losses_and_gradients_ignore_padding(bad):
 
 def test_shaped_rewards_and_means_ignore_padding():
     scores, kl = torch.tensor([1.0, -2.0]), torch.rand(2, 4, generator=torch.Generator().manual_seed(3))
-    clean = losses.shaped_rewards(scores, kl, MASK, 0.1)
-    dirty = losses.shaped_rewards(scores, with_padding(kl, math.nan), MASK, 0.1)
+    clean = shaped_rewards(scores, kl, MASK, 0.1)
+    dirty = shaped_rewards(scores, with_padding(kl, math.nan), MASK, 0.1)
     assert torch.equal(clean, dirty)
-    assert losses.masked_mean(with_padding(kl, math.inf), MASK) == losses.masked_mean(kl, MASK)
+    assert masked_mean(with_padding(kl, math.inf), MASK) == masked_mean(kl, MASK)
 
 
 # ---------------------------------------------------------------------------------------------------- reward checks

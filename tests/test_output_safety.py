@@ -310,11 +310,12 @@ class FakeSteps:
         self.failing = set(failing)
         self.launched: list[tuple[int, list[str]]] = []
 
-    def __call__(self, command, log_path):
-        from rlhf_trl.scripts.e2e import STEP_MODULES
+    def __call__(self, command, log_path, step_description=None, metrics_path=None):
+        from rlhf_trl.steps import STEPS
 
-        step = next(number for number, module in STEP_MODULES.items() if module in command)
-        arguments = command[command.index(STEP_MODULES[step]) + 1 :]
+        launched = next(step for step in STEPS if step.module in command)
+        step = launched.number
+        arguments = command[command.index(launched.module) + 1 :]
         self.launched.append((step, arguments))
         step_dir = Path(arguments[arguments.index("--output_dir") + 1])
         step_dir.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
-"""Each function of rlhf_trl.ppo.losses against a naive reference written with plain Python loops over rows and
-tokens, on random right-padded batches, plus hand-made cases for clipping, gradients and masks."""
+"""Each function of rlhf_trl.ppo.losses, .advantages, .masks and .ema against a naive reference written with plain
+Python loops over rows and tokens, on random right-padded batches, plus hand-made cases for clipping, gradients and
+masks."""
 
 from __future__ import annotations
 
@@ -9,20 +10,10 @@ import pytest
 import torch
 
 from rlhf_trl.generation import completion_mask, has_eos
-from rlhf_trl.ppo.losses import (
-    ema_update,
-    entropy_from_logits,
-    gae_advantages,
-    kl_estimate,
-    kl_loss,
-    logprobs_from_logits,
-    masked_mean,
-    masked_var,
-    masked_whiten,
-    policy_loss,
-    shaped_rewards,
-    value_loss,
-)
+from rlhf_trl.ppo.advantages import gae_advantages, kl_estimate, shape_scores, shaped_rewards
+from rlhf_trl.ppo.ema import ema_update
+from rlhf_trl.ppo.losses import entropy_from_logits, kl_loss, logprobs_from_logits, policy_loss, value_loss
+from rlhf_trl.ppo.masks import masked_mean, masked_var, masked_whiten
 
 EOS, PAD = 2, 0
 DTYPE = torch.float64  # the references use Python floats (double precision); compare at tight tolerances
@@ -485,6 +476,47 @@ def test_shaped_rewards_bad_arguments():
         shaped_rewards(torch.zeros(3), torch.zeros(2, 3), torch.ones(2, 3), 0.1)
     with pytest.raises(ValueError, match="Shape mismatch"):
         shaped_rewards(torch.zeros(2), torch.zeros(2, 3), torch.ones(2, 4), 0.1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shape_scores
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def reference_shaped_score(score, ended, penalty, normalization, clip) -> float:
+    if penalty is not None and not ended:
+        score -= penalty
+    if normalization is not None:
+        mean, std = normalization
+        score = (score - mean) / (std + 1e-8)
+    if clip is not None:
+        score = min(max(score, -clip), clip)
+    return score
+
+
+@pytest.mark.parametrize("penalty", [None, 1.5])
+@pytest.mark.parametrize("normalization", [None, (0.7, 2.5)])
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_shape_scores_vs_reference(penalty, normalization, clip):
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(16, generator=generator, dtype=DTYPE) * 4
+    ended = torch.rand(16, generator=generator) > 0.4
+    shaped = shape_scores(scores, ended, penalty, normalization, clip)
+    expected = [
+        reference_shaped_score(score, bool(end), penalty, normalization, clip)
+        for score, end in zip(scores.tolist(), ended.tolist(), strict=True)
+    ]
+    assert torch.allclose(shaped, torch.tensor(expected, dtype=DTYPE), rtol=0, atol=1e-12)
+    if clip is not None:
+        assert shaped.abs().max().item() <= clip
+    if penalty is None and normalization is None and clip is None:
+        assert torch.equal(shaped, scores)
+
+
+def test_shape_scores_penalty_before_normalisation():
+    # An unended answer scoring 3 with penalty 1: (3 - 1 - mean 1) / std 2 = 0.5, not (3 - 1) / 2 - 1.
+    shaped = shape_scores(torch.tensor([3.0, 3.0]), torch.tensor([False, True]), 1.0, (1.0, 2.0))
+    assert shaped.tolist() == pytest.approx([0.5, 1.0])
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -184,8 +184,8 @@ def test_conversational_prompts_use_the_chat_template(tmp_path, tiny_base_dir, t
     tokenizer.save_pretrained(tmp_path / "chat")
     AutoModelForCausalLM.from_pretrained(tiny_base_dir).save_pretrained(tmp_path / "chat")
     trainer = build(tmp_path, tmp_path / "chat", tiny_reward_dir, train=Dataset.from_list(records), max_steps=1)
-    assert trainer.train_prompts["prompt"][0] == records[0]["prompt"]  # reward functions get the messages
-    shown = tokenizer.decode(trainer.train_prompts["ids"][0], skip_special_tokens=True)
+    assert trainer.train_prompts.prompts[0] == records[0]["prompt"]  # reward functions get the messages
+    shown = tokenizer.decode(trainer.train_prompts.ids[0], skip_special_tokens=True)
     assert shown.startswith("Human: sort ") and shown.endswith("Assistant:")
     trainer.train()
 

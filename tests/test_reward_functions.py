@@ -216,7 +216,7 @@ def test_ppo_with_a_chat_model_raises_a_trl_builtin_reward(tmp_path, tiny_chat_d
         eval_steps=0,
         whiten_advantages=True,
     )
-    trainer.gold = None  # the sorting task's gold scorer is not what this test is about
+    trainer.scorer.gold = None  # the sorting task's gold scorer is not what this test is about
     trainer.train()
     scores = [record["objective/score"] for record in trainer.log_history]
     assert sum(scores[-2:]) / 2 > scores[0] + 0.3, scores

@@ -16,18 +16,15 @@ from transformers import (
     OPTForCausalLM,
 )
 
+from rlhf_trl.generation import pad_after_end
+from rlhf_trl.ppo.deepspeed_engine import resolve_generation_config, rollout_engine_limitation, sampling_config_from
 from rlhf_trl.ppo.modeling import PolicyAndValueWrapper
-from rlhf_trl.ppo.rollout import HFRollout
+from rlhf_trl.ppo.rollout import HFRollout, build_rollout
 from rlhf_trl.ppo.rollout_deepspeed import (
     DEEPSPEED_WITHOUT_KERNELS,
     HF_FALLBACK,
     KERNELS,
     DeepSpeedRollout,
-    build_rollout,
-    pad_after_end,
-    resolve_generation_config,
-    rollout_engine_limitation,
-    sampling_config_from,
 )
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 
@@ -252,6 +249,15 @@ def test_pad_after_end_matches_generate_format():
     assert torch.equal(pad_after_end(completions, [], pad), completions)
 
 
+def test_pad_after_end_takes_several_end_ids_and_empty_batches():
+    turn_end, eos, pad = 2, 1, 0
+    completions = torch.tensor([[5, 2, 7, 1], [5, 6, 1, 2]])
+    assert pad_after_end(completions, [eos, turn_end], pad).tolist() == [[5, 2, 0], [5, 6, 1]]
+    assert pad_after_end(completions, turn_end, pad).tolist() == [[5, 2, 0, 0], [5, 6, 1, 2]]
+    empty = torch.zeros((2, 0), dtype=torch.long)
+    assert pad_after_end(empty, [eos], pad).shape == (2, 0)
+
+
 def resolved(tokenizer, **settings) -> GenerationConfig:
     return resolve_generation_config(generation_config(tokenizer, **settings), GenerationConfig())
 
@@ -307,7 +313,7 @@ def deepspeed_training_engine(module: nn.Module, zero_stage: int):
     """The PPO trainer's layout under DeepSpeed: actor and critic in one engine with an optimizer."""
     import deepspeed
 
-    from rlhf_trl.ppo.rollout_deepspeed import distributed_environment
+    from rlhf_trl.ppo.deepspeed_engine import distributed_environment
 
     config = {
         "train_micro_batch_size_per_gpu": 2,

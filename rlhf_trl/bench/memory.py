@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib
 import json
 import os
 import shlex
@@ -28,7 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-STEPS = ("sft", "reward", "ppo")
+from rlhf_trl.bench.memory_child import run_child
+from rlhf_trl.bench.step3 import append_section
+from rlhf_trl.steps import BY_NAME, STEP_NAMES
+
 MODES = {"full": "{step}.yaml", "8bit-lora": "{step}-8bit-lora.yaml"}
 SIZES = ("tiny", "opt-125m", "opt-350m")
 # The first argument that turns this module into the measuring child (see run_child); not meant for users.
@@ -47,132 +49,6 @@ RUN_FIELDS = (
     "cuda_peak_allocated_mib",
     "cuda_train_peak_allocated_mib",
 )
-
-
-# ------------------------------------------------------------------------------------------------ the measuring child
-def status_kib(field: str) -> int | None:
-    """A ``VmXXX`` line of /proc/self/status in KiB, or None where there is no /proc (not Linux)."""
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
-
-class TrainingPeakTracker:
-    """Global optimizer-step hooks of torch: they see every optimizer the step script creates, whichever trainer.
-
-    At the first step the peak marks (RSS, and CUDA's when in use) are reset, so the training peak leaves model
-    loading out; after each step the marks are read. Trainable parameters are those the optimizers hold, counted
-    once each (Accelerate's optimizer wrapper shares its parameters with the optimizer inside).
-    """
-
-    def __init__(self):
-        from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
-
-        self.parameter_sizes: dict[int, int] = {}
-        self.load_peak_kib: int | None = None
-        self.train_peak_kib: int | None = None
-        self.file_rss_kib: int | None = None
-        self.cuda_load_peak: int | None = None
-        self.cuda_train_peak: int | None = None
-        self.reset_worked = False
-        self.handles = [
-            register_optimizer_step_pre_hook(self.before_step),
-            register_optimizer_step_post_hook(self.after_step),
-        ]
-
-    def before_step(self, optimizer, args, kwargs) -> None:
-        for group in optimizer.param_groups:
-            for parameter in group["params"]:
-                self.parameter_sizes[id(parameter)] = parameter.numel()
-        if self.load_peak_kib is None:
-            self.load_peak_kib = status_kib("VmHWM")
-            self.reset_worked = reset_peak_rss()
-            if cuda_in_use():
-                import torch
-
-                self.cuda_load_peak = torch.cuda.max_memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-
-    def after_step(self, optimizer, args, kwargs) -> None:
-        if self.reset_worked:
-            self.train_peak_kib = status_kib("VmHWM")
-        # Resident pages of mapped files (libraries, and a checkpoint that loading keeps mapped): clean and
-        # reclaimable, yet counted in RSS, so they are shown beside it.
-        self.file_rss_kib = status_kib("RssFile")
-        if cuda_in_use():
-            import torch
-
-            self.cuda_train_peak = torch.cuda.max_memory_allocated()
-
-    def trainable_parameters(self) -> int | None:
-        return sum(self.parameter_sizes.values()) or None
-
-
-def cuda_in_use() -> bool:
-    import torch
-
-    return torch.cuda.is_available() and torch.cuda.is_initialized()
-
-
-def mib(kib_or_bytes: int | None, unit: int) -> float | None:
-    return None if kib_or_bytes is None else round(kib_or_bytes * unit / 2**20, 1)
-
-
-def run_child(argv: list[str]) -> int:
-    """``STEP RESULT_JSON SCRIPT_ARGS...``: run ``rlhf_trl.scripts.STEP`` in this process and write its peaks.
-
-    Why not measure from the parent: ``ru_maxrss`` of a child counts the memory of the process it was forked from
-    (the pre-exec copy is charged to it), and polling ``/proc/<pid>/status`` from outside can miss the last rise.
-    A process reading its own ``VmHWM`` at exit has neither problem; child processes of the step (none in these
-    settings) would not be counted.
-    """
-    step, result_path, *script_args = argv
-    module = importlib.import_module(f"rlhf_trl.scripts.{step}")
-    tracker = TrainingPeakTracker()
-    sys.argv = [module.__file__, *script_args]  # what the script records as its command in run_info.json
-    exit_code, error = 1, None
-    try:
-        exit_code = int(module.cli(script_args) or 0)
-    except Exception as exception:  # the parent reports the failed run and goes on with the others
-        error = f"{type(exception).__name__}: {exception}"
-        raise
-    finally:
-        end_peak_kib = status_kib("VmHWM")
-        peaks = [kib for kib in (tracker.load_peak_kib, end_peak_kib) if kib is not None]
-        result = {
-            "exit_code": exit_code,
-            "error": error,
-            "peak_rss_mib": mib(max(peaks), 1024) if peaks else None,
-            "train_peak_rss_mib": mib(tracker.train_peak_kib, 1024),
-            "file_rss_mib": mib(tracker.file_rss_kib, 1024),
-            "trainable_parameters": tracker.trainable_parameters(),
-            "cuda_peak_allocated_mib": None,
-            "cuda_train_peak_allocated_mib": None,
-        }
-        if cuda_in_use():
-            import torch
-
-            # The marks were reset at the first optimizer step: the whole run's peak is the larger of both phases.
-            phases = [peak for peak in (tracker.cuda_load_peak, torch.cuda.max_memory_allocated()) if peak is not None]
-            result["cuda_peak_allocated_mib"] = mib(max(phases), 1)
-            result["cuda_train_peak_allocated_mib"] = mib(tracker.cuda_train_peak, 1)
-        Path(result_path).write_text(json.dumps(result))
-    return exit_code
 
 
 # ------------------------------------------------------------------------------------------------------ the models
@@ -195,13 +71,13 @@ def padded_tokenizer(vocab_size: int):
 
 def model_config(size: str):
     """(tokenizer, OPTConfig) for a size: the tiny recipes' model, or a facebook/opt-* shape."""
-    from rlhf_trl.bench import step3 as bench
+    from rlhf_trl.bench.workloads import OPT_SIZES
     from rlhf_trl.tiny.model import build_config, build_tokenizer
 
     if size == "tiny":
         tokenizer = build_tokenizer()
         return tokenizer, build_config(tokenizer)
-    config = bench.OPT_SIZES[size]()
+    config = OPT_SIZES[size]()
     tokenizer = padded_tokenizer(config.vocab_size)
     config.pad_token_id = tokenizer.pad_token_id  # PPO tells padding from a real end of answer
     config.eos_token_id = config.bos_token_id = tokenizer.eos_token_id
@@ -214,7 +90,7 @@ def build_models(size: str, folder: Path) -> dict:
     import torch
     from transformers import OPTForCausalLM, OPTForSequenceClassification
 
-    from rlhf_trl.bench.step3 import parameter_count
+    from rlhf_trl.bench.workloads import parameter_count
 
     tokenizer, config = model_config(size)
     torch.manual_seed(0)
@@ -275,7 +151,7 @@ def measure(step: str, mode: str, models: dict, workdir: Path, options: argparse
         run.update(json.loads(result_path.read_text()))
     run.update(
         step=step, mode=mode, recipe=f"recipes/tiny/{MODES[mode].format(step=step)}", wall_s=round(wall, 1),
-        exit_code=completed.returncode, command=shlex.join([f"python -m rlhf_trl.scripts.{step}", *arguments]),
+        exit_code=completed.returncode, command=shlex.join([f"python -m {BY_NAME[step].module}", *arguments]),
     )  # fmt: skip
     if completed.returncode != 0:
         run["log_tail"] = log_path.read_text(errors="replace")[-3000:]
@@ -287,7 +163,7 @@ def ratios(runs: list[dict]) -> dict:
     """8-bit LoRA / full of each peak, per step where both runs succeeded."""
     by_key = {(run["step"], run["mode"]): run for run in runs if run["exit_code"] == 0}
     out = {}
-    for step in STEPS:
+    for step in STEP_NAMES:
         full, lora = by_key.get((step, "full")), by_key.get((step, "8bit-lora"))
         if full and lora:
             out[step] = {
@@ -298,7 +174,7 @@ def ratios(runs: list[dict]) -> dict:
 
 def run_benchmark(options: argparse.Namespace) -> dict:
     """Build the models once, then measure every requested (step, mode) pair in its own process."""
-    from rlhf_trl.bench.step3 import device_description
+    from rlhf_trl.bench.workloads import device_description
 
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as folder:
         workdir = Path(folder)
@@ -365,7 +241,7 @@ def print_table(result: dict) -> None:
 
 def format_section(result: dict, command: str, when: datetime.datetime) -> str:
     """One markdown section for the benchmarks file."""
-    from rlhf_trl.bench.step3 import readable_count
+    from rlhf_trl.bench.workloads import readable_count
 
     header, rows = table_rows(result)
     table = "\n".join(
@@ -396,13 +272,6 @@ def format_section(result: dict, command: str, when: datetime.datetime) -> str:
     )
 
 
-def append_section(path: Path, section: str) -> None:
-    if not path.exists():
-        path.write_text("# Benchmarks\n\nNewest last.\n")
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write("\n" + section)
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m rlhf_trl.bench.memory",
@@ -413,7 +282,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=2, help="optimizer steps per run, at least 2 (default: 2)")
     parser.add_argument("--batch-size", type=int, default=4, help="samples (PPO: prompts) per step (default: 4)")
     parser.add_argument(
-        "--pipeline-step", nargs="+", choices=STEPS, default=list(STEPS), help="steps to measure (default: all)"
+        "--pipeline-step",
+        nargs="+",
+        choices=STEP_NAMES,
+        default=list(STEP_NAMES),
+        help="steps to measure (default: all)",
     )
     parser.add_argument(
         "--mode", nargs="+", choices=list(MODES), default=list(MODES), help="modes to measure (default: both)"

@@ -5,88 +5,33 @@ conversation is rendered with the tokenizer's chat template when it has one, oth
 ``Human: <text> Assistant: <answer> Human: ...``. Only the newly generated tokens are decoded; the answer ends at
 the first end-of-text token and is cut where the model starts writing the next user turn by itself.
 
-Prompts are rendered and answers decoded by :mod:`rlhf_trl.generation`, as everywhere else in the project.
+Answers are generated, cut and decoded by :class:`rlhf_trl.generation.Generator`, as everywhere else in the project;
+this module keeps the conversation.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from rlhf_trl.generation import (
-    GeneratedBatch,
-    GenerationSettings,
-    Prompt,
-    completion_texts,
-    encode_prompts,
-    end_token_ids,
-    user_turn_marker,
-)
-from rlhf_trl.generation import completion_mask as generation_completion_mask
+from rlhf_trl.generation import TRANSCRIPT_ASSISTANT, TRANSCRIPT_USER, GenerationSettings, Generator, Prompt
+from rlhf_trl.models import load_causal_lm
 
 logger = logging.getLogger(__name__)
-
-TRANSCRIPT_USER = "Human:"
-TRANSCRIPT_ASSISTANT = "Assistant:"
-
-
-def load_causal_lm(path: str | Path, trust_remote_code: bool = False):
-    """Load ``(model, tokenizer)`` from a checkpoint folder: a full model or a LoRA adapter folder.
-
-    An adapter folder (``adapter_config.json``) is loaded on top of its base model; its tokenizer comes from the
-    folder when saved there, else from the base model. The model is returned in eval mode on CPU/GPU as saved.
-    ``trust_remote_code`` allows models and tokenizers that ship their own Python code.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from rlhf_trl.models import TINY_BASE, resolve_model_name
-
-    path = Path(resolve_model_name(str(path)) if str(path) == TINY_BASE else path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"model folder {path} does not exist")
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.exists():
-        from peft import AutoPeftModelForCausalLM
-
-        model = AutoPeftModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-        base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-        tokenizer_source = path if (path / "tokenizer_config.json").exists() else base_name
-    else:
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} holds no model: neither config.json nor adapter_config.json")
-        model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=trust_remote_code)
-        tokenizer_source = path
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source, trust_remote_code=trust_remote_code)
-    model.eval()
-    return model, tokenizer
 
 
 class ChatSession:
     """A conversation with one model: ``reply(user_text) -> answer`` keeps the history, ``clear()`` forgets it.
 
-    ``complete(prompts)`` answers prompts (plain texts or conversations) in batches without touching the history;
-    evaluation uses it so that chat and evaluation read answers the same way.
+    Answers come from ``generator`` (:class:`rlhf_trl.generation.Generator`), the same generation evaluation uses.
     """
 
     def __init__(self, model, tokenizer, settings: GenerationSettings | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.settings = settings or GenerationSettings()
+        self.generator = Generator(model, tokenizer, settings)
         self.history: list[tuple[str, str]] = []  # (user text, assistant answer)
         self.uses_chat_template = bool(tokenizer.chat_template)
-        marker = user_turn_marker(tokenizer)
-        self.stop_markers = [TRANSCRIPT_USER] + ([marker] if marker and marker != TRANSCRIPT_USER else [])
-        # A marker made of special tokens vanishes when decoding without them, so it is also looked for in the ids.
-        self.stop_token_sequences = [tokenizer.encode(marker, add_special_tokens=False)] if marker else []
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token; batched generation needs one")
-        self.end_token_ids = end_token_ids(model, tokenizer)
-        self.max_positions = getattr(model.config, "max_position_embeddings", None)
 
     @classmethod
     def from_pretrained(
@@ -119,7 +64,7 @@ class ChatSession:
         """
         history = list(self.history)
         prompt = self.render(history, user_text)
-        while history and not self._fits(prompt):
+        while history and not self.generator.fits(prompt):
             history.pop(0)
             prompt = self.render(history, user_text)
         if len(history) < len(self.history):
@@ -127,89 +72,9 @@ class ChatSession:
                 "conversation too long for the model: dropped the %d oldest exchanges",
                 len(self.history) - len(history),
             )
-        answer = self.complete([prompt])[0].strip()
+        answer = self.generator.complete([prompt])[0].strip()
         self.history = [*history, (user_text, answer)]
         return answer
-
-    def complete(self, prompts: list[Prompt]) -> list[str]:
-        """Answers (clean text, see :meth:`generate`) for prompts, generated in batches of ``settings.batch_size``."""
-        answers = []
-        for start in range(0, len(prompts), self.settings.batch_size):
-            answers.extend(self.generate(prompts[start : start + self.settings.batch_size]).texts)
-        return answers
-
-    def _prompt_limit(self) -> int | None:
-        """Most prompt tokens: the model's positions minus the room kept for the answer (at most half of them,
-        so a large ``max_new_tokens`` on a small model still leaves space for the conversation)."""
-        if self.max_positions is None:
-            return None
-        return self.max_positions - min(self.settings.max_new_tokens, self.max_positions // 2)
-
-    def _fits(self, prompt: Prompt) -> bool:
-        limit = self._prompt_limit()
-        return limit is None or len(encode_prompts(self.tokenizer, [prompt])[0]) <= limit
-
-    @torch.no_grad()
-    def generate(self, prompts: list[Prompt]) -> GeneratedBatch:
-        """Generate for one batch of prompts; prompts longer than the model allows keep their end.
-
-        ``texts`` are the answers without special tokens, cut at the next user turn; the leading space a model
-        writes after a plain prompt is kept (a reward model reads prompt and answer joined as they are)."""
-        limit = self._prompt_limit()
-        encoded = encode_prompts(self.tokenizer, prompts)
-        sequences = [ids[-limit:] if limit is not None else ids for ids in encoded]
-        truncated = sum(len(ids) != len(kept) for ids, kept in zip(encoded, sequences))
-        if truncated:
-            logger.warning("%d prompt(s) longer than %d tokens were cut from the left", truncated, limit)
-        batch = self.tokenizer.pad({"input_ids": sequences}, padding=True, padding_side="left", return_tensors="pt")
-        device = next(self.model.parameters()).device
-        prompt_ids, prompt_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        sampling = (
-            {"do_sample": True, "temperature": self.settings.temperature}
-            if self.settings.do_sample
-            else {"do_sample": False}
-        )
-        max_new_tokens = self.settings.max_new_tokens
-        if self.max_positions is not None and prompt_ids.shape[1] + max_new_tokens > self.max_positions:
-            max_new_tokens = self.max_positions - prompt_ids.shape[1]
-            logger.info(
-                "answers limited to %d new tokens by the model's %d positions", max_new_tokens, self.max_positions
-            )
-        output = self.model.generate(
-            input_ids=prompt_ids,
-            attention_mask=prompt_mask,
-            max_new_tokens=max_new_tokens,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.end_token_ids,
-            **sampling,
-        )
-        completion_ids = output[:, prompt_ids.shape[1] :]
-        completion_mask = generation_completion_mask(completion_ids, self.end_token_ids, self.tokenizer.pad_token_id)
-        # Everything after the first end-of-text token is padding that generate() appended.
-        completion_ids = completion_ids.masked_fill(completion_mask == 0, self.tokenizer.pad_token_id)
-        texts = [
-            self._clean(prompt, ids[mask.bool()])
-            for prompt, ids, mask in zip(prompt_ids, completion_ids, completion_mask)
-        ]
-        return GeneratedBatch(prompt_ids, prompt_mask, completion_ids, completion_mask, texts)
-
-    def _clean(self, prompt_ids: torch.LongTensor, token_ids: torch.LongTensor) -> str:
-        """Decode the new tokens of one answer without special tokens and cut it at the next user turn (the text
-        before the cut loses its trailing spaces)."""
-        ids = token_ids.tolist()
-        for sequence in self.stop_token_sequences:
-            for start in range(len(ids) - len(sequence) + 1):
-                if sequence and ids[start : start + len(sequence)] == sequence:
-                    ids = ids[:start]
-                    break
-        new_tokens = torch.tensor([ids], dtype=torch.long, device=prompt_ids.device).reshape(1, -1)
-        text = completion_texts(self.tokenizer, prompt_ids.unsqueeze(0), new_tokens)[0]
-        cut = len(text)
-        for marker in self.stop_markers:
-            position = text.find(marker)
-            if position != -1:
-                cut = min(cut, position)
-        return text[:cut].rstrip() if cut < len(text) else text
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -1,13 +1,20 @@
-"""Atomic, rotating PPO checkpoints: written under a temporary name and renamed, so a crash mid-save never leaves
-a half-written checkpoint that a resume could pick up."""
+"""PPO checkpoints and final models. Checkpoints are atomic and rotating: written under a temporary name and
+renamed, so a crash mid-save never leaves a half-written checkpoint that a resume could pick up."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
+
+import torch
+
+from rlhf_trl.guards import warn_if_rng_state_unusable
+
+logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
 PREFIX = "checkpoint-"
 STATE_FILE = "ppo_state.json"
@@ -67,3 +74,68 @@ def commit(staging: Path, output_dir, step: int, state: dict, keep_last: int | N
 
 def read_state(checkpoint: Path) -> dict:
     return json.loads((checkpoint / STATE_FILE).read_text())
+
+
+class CheckpointManager:
+    """Writes and reads a PPO run's checkpoints, and saves its final models.
+
+    Args:
+        accelerator: the trainer's Accelerator; model, optimizer, scheduler and every RNG go through its
+            save_state/load_state.
+        output_dir: where checkpoint-<step> folders are written.
+        save_total_limit: keep at most this many checkpoints (None: all).
+        ema: the EMA copy of the actor (None without EMA), saved beside the Accelerate state.
+    """
+
+    def __init__(self, accelerator, output_dir, save_total_limit: int | None, ema=None):
+        self.accelerator = accelerator
+        self.output_dir = Path(output_dir)
+        self.save_total_limit = save_total_limit
+        self.ema = ema
+
+    @torch.no_grad()
+    def save(self, step: int, state: dict) -> Path | None:
+        """Checkpoint of ``step`` with the trainer's JSON ``state``; returns its path on the main process."""
+        if self.accelerator.is_main_process:
+            staging_dir(self.output_dir, step)
+        self.accelerator.wait_for_everyone()
+        staging = staging_path(self.output_dir, step)
+        self.accelerator.save_state(str(staging / "accelerator"))
+        if self.ema is not None and self.accelerator.is_main_process:
+            torch.save(self.ema.state_dict(), staging / "ema.pt")
+        final = None
+        if self.accelerator.is_main_process:
+            final = commit(staging, self.output_dir, step, state, self.save_total_limit)
+            logger.info("saved checkpoint %s", final)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load(self, path: Path) -> dict:
+        """Restores the Accelerate state (and EMA) of checkpoint ``path``; returns the trainer's JSON state."""
+        state = read_state(path)
+        self.accelerator.load_state(str(path / "accelerator"))
+        warn_if_rng_state_unusable(path / "accelerator", self.accelerator.process_index)
+        if self.ema is not None:
+            self.ema.load_state_dict(torch.load(path / "ema.pt", map_location=self.accelerator.device))
+        return state
+
+    def save_model(self, model, tokenizer, output_dir) -> None:
+        """Actor (full weights or LoRA adapter) to output_dir, critic to output_dir/critic, EMA to output_dir/ema.
+        ``model`` is the prepared PolicyAndValueWrapper."""
+        output_dir = Path(output_dir)
+        self.accelerator.wait_for_everyone()
+        unwrapped = self.accelerator.unwrap_model(model)
+        state_dict = self.accelerator.get_state_dict(model)
+        if self.accelerator.is_main_process:
+            policy_state = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
+            critic_state = {
+                k[len("critic.model.") :]: v for k, v in state_dict.items() if k.startswith("critic.model.")
+            }
+            unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state)
+            unwrapped.critic.model.save_pretrained(output_dir / "critic", state_dict=critic_state)
+            tokenizer.save_pretrained(output_dir)
+            tokenizer.save_pretrained(output_dir / "critic")
+            if self.ema is not None:
+                self.ema.save_pretrained(output_dir / "ema")
+                tokenizer.save_pretrained(output_dir / "ema")
+        self.accelerator.wait_for_everyone()

@@ -11,10 +11,10 @@ from typing import Any
 from transformers import GenerationConfig, TrainingArguments
 
 from rlhf_trl.configs import ConfigError, Range, check_ranges, check_training_arguments
+from rlhf_trl.ppo.advantages import KL_ESTIMATORS
 from rlhf_trl.ppo.config_fields import check_inherited_fields
 
 ROLLOUT_BACKENDS = ("hf", "deepspeed")
-KL_ESTIMATORS = ("k1", "k2", "k3")
 SCORE_NORMALIZATIONS = ("none", "running", "reference")
 SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")
 

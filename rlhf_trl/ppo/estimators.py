@@ -1,5 +1,6 @@
-"""Advantage estimators without a critic (GRPO, Dr. GRPO, RLOO, REINFORCE++), loss aggregation and group batch
-sizes, as pure functions on tensors.
+"""Advantage estimators without a critic (GRPO, Dr. GRPO, RLOO, REINFORCE++), and GAE behind the same entry
+point, as pure functions on tensors. Their loss aggregations are ``losses.aggregate_loss``; group batch sizes are
+``group_batches``.
 
 Shapes: B = batch of completions, T = completion length (right-padded), G = group size (completions sampled for
 one prompt; ``num_generations``). B = number of prompts x G, and the G completions of one prompt are adjacent rows:
@@ -30,11 +31,10 @@ The details where they differ are in each function's docstring.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from .losses import _check_same_shape, gae_advantages, masked_whiten, shaped_rewards
+from rlhf_trl.ppo.advantages import gae_advantages, shaped_rewards
+from rlhf_trl.ppo.masks import check_same_shape, fill_padding, masked_whiten
 
 ADVANTAGE_ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 # Estimators that compare the completions of one prompt: they need group_size = num_generations >= 2.
@@ -45,18 +45,13 @@ ESTIMATORS_NEEDING_CRITIC = ("gae",)
 # (losses.kl_loss, TRL's ``beta``), so a kl_coef for them is refused rather than silently ignored.
 ESTIMATORS_WITH_KL_IN_REWARD = ("gae", "rloo", "reinforce_pp", "reinforce_pp_baseline")
 
-LOSS_TYPES = ("token_mean", "sequence_mean", "dr_grpo")
-# TRL 1.16 GRPOConfig.loss_type names of the same aggregations (see aggregate_loss for the small differences).
-TRL_LOSS_TYPES = {"token_mean": ("bnpo", "dapo"), "sequence_mean": ("grpo",), "dr_grpo": ("dr_grpo",)}
-
 # TRL's GRPOTrainer and RLOOTrainer add 1e-4 to the standard deviation; verl uses 1e-6, OpenRLHF 1e-9.
 DEFAULT_STD_EPS = 1e-4
-
 
 # Checks and shared building blocks
 
 
-def _check_estimator(estimator: str) -> None:
+def check_advantage_estimator(estimator: str) -> None:
     if estimator not in ADVANTAGE_ESTIMATORS:
         raise ValueError(
             f"Unknown advantage estimator {estimator!r}; choose one of {', '.join(ADVANTAGE_ESTIMATORS)}."
@@ -103,14 +98,9 @@ def _real_mask(mask: torch.Tensor, batch_size: int) -> torch.Tensor:
     return mask.bool()
 
 
-def _zero_padding(values: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """values with 0 on padding. torch.where, not a product: inf * 0 would be NaN."""
-    return torch.where(real, values, torch.zeros((), dtype=values.dtype, device=values.device))
-
-
 def _broadcast_to_tokens(per_sequence: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     """per_sequence: [B]. Returns [B, T]: each row's value on its real tokens, 0 on padding."""
-    return _zero_padding(per_sequence.unsqueeze(1).expand(real.shape), real)
+    return fill_padding(per_sequence.unsqueeze(1).expand(real.shape), real)
 
 
 def sequence_scores(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -119,9 +109,9 @@ def sequence_scores(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     if rewards.dim() == 1:
         _real_mask(mask, rewards.shape[0])
         return rewards.to(_compute_dtype(rewards))
-    _check_same_shape(rewards=rewards, mask=mask)
+    check_same_shape(rewards=rewards, mask=mask)
     real = mask.bool()
-    return _zero_padding(rewards.to(_compute_dtype(rewards)), real).sum(dim=1)  # [B]
+    return fill_padding(rewards.to(_compute_dtype(rewards)), real).sum(dim=1)  # [B]
 
 
 def token_rewards(
@@ -130,19 +120,19 @@ def token_rewards(
     """Per-token reward with the KL penalty in it, as DeepSpeed-Chat, OpenRLHF and the REINFORCE++ paper use.
 
     rewards: [B] scores (placed on the last real token of each row) or [B, T] per-token rewards; mask: [B, T];
-    kl: [B, T] per-token KL estimate (losses.kl_estimate), needed when kl_coef > 0. Returns [B, T]:
+    kl: [B, T] per-token KL estimate (advantages.kl_estimate), needed when kl_coef > 0. Returns [B, T]:
     reward - kl_coef * kl on real tokens, 0 on padding. Every row needs at least one real token.
     """
     _check_kl_coef(kl, kl_coef)
     real = _real_mask(mask, rewards.shape[0])
     dtype = _compute_dtype(rewards)
     kl = torch.zeros(real.shape, dtype=dtype, device=rewards.device) if kl is None else kl.to(dtype)
-    _check_same_shape(kl=kl, mask=mask)
-    kl = _zero_padding(kl, real)  # shaped_rewards multiplies by the mask: keep inf/NaN padding out of it
+    check_same_shape(kl=kl, mask=mask)
+    kl = fill_padding(kl, real)  # shaped_rewards multiplies by the mask: keep inf/NaN padding out of it
     if rewards.dim() == 1:
         return shaped_rewards(rewards.to(dtype), kl, mask, kl_coef)
-    _check_same_shape(rewards=rewards, mask=mask)
-    return _zero_padding(rewards.to(dtype), real) - kl_coef * kl
+    check_same_shape(rewards=rewards, mask=mask)
+    return fill_padding(rewards.to(dtype), real) - kl_coef * kl
 
 
 def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -152,17 +142,17 @@ def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) 
     """
     if not 0 <= gamma <= 1:
         raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
-    _check_same_shape(rewards=rewards, mask=mask)
+    check_same_shape(rewards=rewards, mask=mask)
     real = mask.bool()
     _check_right_padded(real, "discounted_returns")
     # Zero rewards on padding: after the last real token nothing accumulates, so no reset is needed.
-    rewards = _zero_padding(rewards, real)
+    rewards = fill_padding(rewards, real)
     running_return = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)  # [B]
     returns_reversed = []
     for t in reversed(range(rewards.shape[1])):
         running_return = rewards[:, t] + gamma * running_return  # [B]
         returns_reversed.append(running_return)
-    return _zero_padding(torch.stack(returns_reversed[::-1], dim=1), real)  # [B, T]
+    return fill_padding(torch.stack(returns_reversed[::-1], dim=1), real)  # [B, T]
 
 
 def _group_view(scores: torch.Tensor, group_size: int, estimator: str) -> torch.Tensor:
@@ -244,8 +234,8 @@ def rloo_advantages(
     scores = sequence_scores(rewards, mask)  # [B]
     real = mask.bool()
     if kl_coef > 0:
-        _check_same_shape(kl=kl, mask=mask)
-        scores = scores - kl_coef * _zero_padding(kl.to(scores.dtype), real).sum(dim=1)
+        check_same_shape(kl=kl, mask=mask)
+        scores = scores - kl_coef * fill_padding(kl.to(scores.dtype), real).sum(dim=1)
     grouped = _group_view(scores, group_size, "rloo")  # [P, G]
     leave_one_out_mean = (grouped.sum(dim=1, keepdim=True) - grouped) / (group_size - 1)  # [P, G]
     advantages = grouped - leave_one_out_mean
@@ -270,7 +260,7 @@ def reinforce_pp_advantages(
     rewards: [B] or [B, T]; mask: [B, T] right-padded; kl: [B, T], needed when kl_coef > 0. Returns (advantages
     [B, T], returns [B, T] = G before whitening), both 0 on padding.
 
-    The whitening is losses.masked_whiten: population variance (divided by n), 1e-8 under the square root, as
+    The whitening is masks.masked_whiten: population variance (divided by n), 1e-8 under the square root, as
     OpenRLHF's ``reinforce`` (which clamps the variance at 1e-8 instead of adding it). verl's
     ``reinforce_plus_plus`` uses the unbiased variance: a factor sqrt((n - 1) / n), negligible for real batches.
     "Global" means this batch: with several processes, whiten after gathering, or each process whitens its own.
@@ -309,7 +299,7 @@ def reinforce_pp_baseline_advantages(
     else:
         # Per-token rewards keep their shape; the baseline comes off at the last real token, where a score sits.
         baseline = scores - centered  # [B]
-        centered_rewards = _zero_padding(rewards.to(scores.dtype), mask.bool()) + token_rewards(-baseline, mask)
+        centered_rewards = fill_padding(rewards.to(scores.dtype), mask.bool()) + token_rewards(-baseline, mask)
     return reinforce_pp_advantages(centered_rewards, mask, kl, kl_coef, gamma)
 
 
@@ -337,7 +327,7 @@ def compute_advantages(
     weight in the reward (refused for grpo and dr_grpo: they take the KL in the loss); gamma: discount (gae and
     REINFORCE++); lam: GAE's lambda; std_eps: added to the group std (grpo).
     """
-    _check_estimator(estimator)
+    check_advantage_estimator(estimator)
     if kl_coef and estimator not in ESTIMATORS_WITH_KL_IN_REWARD:
         raise ValueError(
             f"The {estimator} advantage estimator takes no KL in the reward (kl_coef = {kl_coef}); "
@@ -351,7 +341,7 @@ def compute_advantages(
     if estimator == "gae":
         real = mask.bool()
         token_reward = token_rewards(rewards, mask, kl, kl_coef)  # [B, T]
-        safe_values = _zero_padding(values.to(token_reward.dtype), _real_mask(mask, values.shape[0]))
+        safe_values = fill_padding(values.to(token_reward.dtype), _real_mask(mask, values.shape[0]))
         advantages, returns = gae_advantages(safe_values, token_reward, real.to(token_reward.dtype), gamma, lam)
         return advantages, returns
     if estimator == "grpo":
@@ -363,122 +353,3 @@ def compute_advantages(
     if estimator == "reinforce_pp":
         return reinforce_pp_advantages(rewards, mask, kl, kl_coef, gamma)
     return reinforce_pp_baseline_advantages(rewards, mask, group_size, kl, kl_coef, gamma)
-
-
-# Loss aggregation
-
-
-def aggregate_loss(
-    per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_completion_length: int | None = None
-) -> torch.Tensor:
-    """Reduce a per-token loss [B, T] over the real tokens of ``mask`` [B, T] to a scalar.
-
-      token_mean      sum over all real tokens / number of real tokens of the batch. TRL "bnpo" (this batch's
-                      tokens) and "dapo" (TRL's default: the tokens of the whole generation batch across processes
-                      and accumulation steps; the same when this batch is all of it). verl "token-mean". No length
-                      bias: every token weighs the same.
-      sequence_mean   mean over each sequence's real tokens, then mean over the B sequences. TRL "grpo", verl
-                      "seq-mean-token-mean". Tokens of short completions weigh more (the length bias of GRPO).
-      dr_grpo         sum over all real tokens / (B * max_completion_length), a constant. TRL "dr_grpo". verl's
-                      "seq-mean-token-sum-norm" divides by the constant alone, not by B.
-
-    A sequence without real tokens adds 0 to sequence_mean and still counts in B, as in TRL (verl leaves it out).
-    max_completion_length is needed by dr_grpo and must be at least the longest real completion.
-    """
-    if loss_type not in LOSS_TYPES:
-        raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}.")
-    _check_same_shape(per_token_loss=per_token_loss, mask=mask)
-    if per_token_loss.dim() != 2:
-        raise ValueError(f"per_token_loss must be [B, T], got shape {tuple(per_token_loss.shape)}.")
-    real = mask.bool()
-    loss = _zero_padding(per_token_loss, real)  # [B, T]
-    token_counts = real.sum(dim=1).to(loss.dtype)  # [B]
-    if loss_type == "token_mean":
-        return loss.sum() / token_counts.sum().clamp(min=1)
-    if loss_type == "sequence_mean":
-        return (loss.sum(dim=1) / token_counts.clamp(min=1)).mean()
-    if max_completion_length is None or max_completion_length < 1:
-        raise ValueError(f"loss_type dr_grpo needs max_completion_length >= 1, got {max_completion_length}.")
-    longest = int(token_counts.max().item()) if token_counts.numel() else 0
-    if longest > max_completion_length:
-        raise ValueError(
-            f"loss_type dr_grpo: a completion has {longest} real tokens, more than max_completion_length = "
-            f"{max_completion_length}; set max_completion_length to the generation limit (max_new_tokens)."
-        )
-    return loss.sum() / (per_token_loss.shape[0] * max_completion_length)
-
-
-# Group batch sizes
-
-
-@dataclass(frozen=True)
-class GroupBatchSizes:
-    """Batch sizes of a group-sampling rollout, derived once. "Completions" count rows; "prompts" count groups."""
-
-    per_device_prompt_batch_size: int  # prompts each process generates for per rollout
-    num_generations: int  # completions per prompt: G
-    num_processes: int
-    num_mini_batches: int
-    per_device_rollout_batch_size: int  # completions per process per rollout = prompts x G
-    global_prompt_batch_size: int  # prompts per rollout, all processes
-    global_rollout_batch_size: int  # completions per rollout, all processes
-    per_device_mini_batch_size: int  # completions per process per mini-batch, whole groups
-    prompts_per_mini_batch: int  # groups per process per mini-batch
-
-
-def _divisors(number: int) -> list[int]:
-    return [candidate for candidate in range(1, number + 1) if number % candidate == 0]
-
-
-def group_batch_sizes(
-    per_device_prompt_batch_size: int,
-    num_generations: int,
-    num_processes: int = 1,
-    num_mini_batches: int = 1,
-    estimator: str | None = None,
-) -> GroupBatchSizes:
-    """Derive the batch sizes of a rollout where each process samples ``num_generations`` completions for each of its
-    ``per_device_prompt_batch_size`` prompts, and split it into ``num_mini_batches`` mini-batches per process.
-
-    Each process generates the whole group of each of its prompts, so a group never spans two processes; a
-    mini-batch must then hold whole groups, which needs per_device_prompt_batch_size to be a multiple of
-    num_mini_batches. Raises a ValueError saying what to change otherwise, or when ``estimator`` (if given) compares
-    completions within groups and num_generations < 2.
-    """
-    for name, value in (
-        ("per_device_prompt_batch_size", per_device_prompt_batch_size),
-        ("num_generations", num_generations),
-        ("num_processes", num_processes),
-        ("num_mini_batches", num_mini_batches),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    if estimator is not None:
-        _check_estimator(estimator)
-        if estimator in ESTIMATORS_NEEDING_GROUPS and num_generations < 2:
-            raise ValueError(
-                f"The {estimator} advantage estimator compares the completions of one prompt: set num_generations to "
-                f"2 or more (got {num_generations}), or use gae or reinforce_pp."
-            )
-    if per_device_prompt_batch_size % num_mini_batches:
-        next_multiple = -(-per_device_prompt_batch_size // num_mini_batches) * num_mini_batches
-        choices = ", ".join(str(divisor) for divisor in _divisors(per_device_prompt_batch_size))
-        raise ValueError(
-            f"per_device_prompt_batch_size = {per_device_prompt_batch_size} prompts do not split into "
-            f"num_mini_batches = {num_mini_batches} mini-batches of whole groups (num_generations = {num_generations} "
-            f"completions per prompt would be cut apart): set num_mini_batches to one of {choices}, or "
-            f"per_device_prompt_batch_size to a multiple of {num_mini_batches} (e.g. {next_multiple})."
-        )
-    per_device_rollout = per_device_prompt_batch_size * num_generations
-    prompts_per_mini_batch = per_device_prompt_batch_size // num_mini_batches
-    return GroupBatchSizes(
-        per_device_prompt_batch_size=per_device_prompt_batch_size,
-        num_generations=num_generations,
-        num_processes=num_processes,
-        num_mini_batches=num_mini_batches,
-        per_device_rollout_batch_size=per_device_rollout,
-        global_prompt_batch_size=per_device_prompt_batch_size * num_processes,
-        global_rollout_batch_size=per_device_rollout * num_processes,
-        per_device_mini_batch_size=prompts_per_mini_batch * num_generations,
-        prompts_per_mini_batch=prompts_per_mini_batch,
-    )

@@ -1,11 +1,83 @@
-"""What one PPO step collects (the rollout), the resumable prompt sampler and score normalisation."""
+"""What PPO learns from: the prompt set and its batches, what one step collects (the rollout), the resumable prompt
+sampler and score normalisation."""
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
+
+from rlhf_trl.generation import encode_prompts, is_conversation
+
+logger = logging.getLogger("rlhf_trl.ppo.trainer")
+
+
+def micro_batches(size: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices of at most batch_size covering range(size)."""
+    for start in range(0, size, batch_size):
+        yield slice(start, min(start + batch_size, size))
+
+
+class PromptSet:
+    """The prompts of a dataset ready for generation.
+
+    ``prompts`` are as the dataset gives them (text, or TRL messages: reward functions receive them so), ``ids`` their
+    token ids left-truncated to max_prompt_length (conversations rendered by the chat template without a second BOS),
+    ``columns`` the dataset's other columns. ``batch`` collates left-padded batches on ``device``.
+    """
+
+    def __init__(self, dataset, name: str, tokenizer, max_prompt_length: int, device):
+        if dataset is None or len(dataset) == 0:
+            raise ValueError(f"{name} is empty: PPO needs prompts")
+        if "prompt" not in dataset.column_names:
+            raise ValueError(f"{name} has no 'prompt' column (columns: {dataset.column_names})")
+        prompts = list(dataset["prompt"])
+        for index, prompt in enumerate(prompts):
+            if is_conversation(prompt):
+                if not tokenizer.chat_template:
+                    raise ValueError(
+                        f"{name} record {index}: conversational prompt but the tokenizer has no chat template"
+                    )
+            elif not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{name} record {index}: field 'prompt' is empty or not text")
+        token_ids = encode_prompts(tokenizer, prompts)
+        truncated = sum(len(ids) > max_prompt_length for ids in token_ids)
+        if truncated:
+            logger.warning(
+                "%s: %d prompts longer than %d tokens were left-truncated", name, truncated, max_prompt_length
+            )
+        self.prompts = prompts
+        self.ids = [ids[-max_prompt_length:] for ids in token_ids]
+        self.columns = {key: dataset[key] for key in dataset.column_names if key != "prompt"}
+        self.pad_token_id = tokenizer.pad_token_id
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def batch(self, indices: list[int]) -> dict:
+        """The prompts at ``indices`` with their columns, left-padded."""
+        return self.collate(
+            [self.prompts[i] for i in indices],
+            [self.ids[i] for i in indices],
+            {key: [values[i] for i in indices] for key, values in self.columns.items()},
+        )
+
+    def collate(self, prompts: list, id_lists: list[list[int]], columns: dict[str, list]) -> dict:
+        """{"prompts", "columns", "prompt_ids" [B, P] left-padded, "prompt_mask" [B, P]} on the device."""
+        length = max(len(ids) for ids in id_lists)
+        pad = self.pad_token_id
+        input_ids = torch.tensor([[pad] * (length - len(ids)) + ids for ids in id_lists])
+        mask = torch.tensor([[0] * (length - len(ids)) + [1] * len(ids) for ids in id_lists])
+        return {
+            "prompts": prompts,
+            "columns": columns,
+            "prompt_ids": input_ids.to(self.device),
+            "prompt_mask": mask.to(self.device),
+        }
 
 
 @dataclass
@@ -40,6 +112,13 @@ class Rollout:
 
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.completion_mask.to(self.prompt_mask.dtype)], dim=1)
+
+    def loss_mask(self) -> torch.Tensor:
+        """[B, C] float: real completion tokens of the samples that count (invalid rewards dropped)."""
+        mask = self.completion_mask.float()
+        if self.valid is not None:
+            mask = mask * self.valid.to(mask.device, mask.dtype)[:, None]
+        return mask
 
     @staticmethod
     def concatenate(parts: list[Rollout], pad_token_id: int) -> Rollout:
@@ -82,8 +161,15 @@ class PromptSampler:
         self.size, self.per_device_batch, self.global_batch = size, per_device_batch, global_batch
         self.process_index, self.seed = process_index, seed
         self.batches_per_epoch = size // global_batch
-        # The last partial batch of each epoch is left out (the trainer logs how many prompts that is).
+        # The last partial batch of each epoch is left out (logged: how many prompts that is).
         self.dropped_per_epoch = size - self.batches_per_epoch * global_batch
+        if self.dropped_per_epoch:
+            logger.warning(
+                "%d of %d prompts per epoch are left out: they do not fill a whole batch of %d across processes",
+                self.dropped_per_epoch,
+                size,
+                global_batch,
+            )
         self.epoch, self.batch_index = 0, 0
         self._order = self._permutation(0)
 
@@ -130,10 +216,9 @@ class ScoreNormalizer:
     def std(self) -> float:
         return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else 1.0
 
-    def normalize(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.mode == "none":
-            return scores
-        return (scores - self.mean) / (self.std + 1e-8)
+    def statistics(self) -> tuple[float, float] | None:
+        """(mean, std) to normalise with (advantages.shape_scores); None when mode is 'none'."""
+        return None if self.mode == "none" else (self.mean, self.std)
 
     def state_dict(self) -> dict:
         return {"count": self.count, "mean": self.mean, "m2": self.m2, "frozen": self.frozen}

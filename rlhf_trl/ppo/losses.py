@@ -1,29 +1,18 @@
-"""PPO maths for language models as pure functions on tensors.
+"""PPO's losses as pure functions on tensors: token log-probabilities and entropy from logits, the clipped policy
+and value losses, the KL penalty as a loss, and the reduction of a per-token loss to a scalar.
 
-Shapes: B = batch, T = completion length (right-padded), V = vocabulary. ``mask`` is [B, T] (float, bool or long)
-with 1 on real completion tokens (up to and including the first EOS) and 0 on padding; every function that takes a
-mask gives results (and gradients) that do not depend on the values at padded positions, even inf or NaN there:
-padded entries are selected away with ``torch.where`` (``fill_padding``), never multiplied by 0.
+Shapes: B = batch, T = completion length (right-padded), V = vocabulary. ``mask`` is [B, T] as in ``masks``: every
+function that takes one gives results (and gradients) that do not depend on the values at padded positions.
 
-The defaults of DeepSpeed-Chat's step 3 are: k1 KL in the reward with coefficient 0.1, gamma = 1.0, lambda = 0.95,
-policy and value clip 0.2, value loss 0.5 * max(clipped, unclipped), no advantage whitening, EMA beta 0.992.
+The defaults of DeepSpeed-Chat's step 3 are: policy and value clip 0.2, value loss 0.5 * max(clipped, unclipped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import torch
 
-KL_ESTIMATORS = ("k1", "k2", "k3")
-
-
-def _check_same_shape(**tensors: torch.Tensor) -> None:
-    """Raise a ValueError naming the tensors if they do not all have the same shape."""
-    shapes = {name: tuple(tensor.shape) for name, tensor in tensors.items()}
-    if len(set(shapes.values())) > 1:
-        described = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
-        raise ValueError(f"Shape mismatch: {described}; these tensors must have the same shape.")
+from rlhf_trl.ppo.advantages import kl_estimate
+from rlhf_trl.ppo.masks import check_same_shape, fill_padding, masked_mean
 
 
 def _check_clip_range(clip_range: float) -> None:
@@ -31,72 +20,7 @@ def _check_clip_range(clip_range: float) -> None:
         raise ValueError(f"clip_range must be > 0, got {clip_range}.")
 
 
-def _check_estimator(estimator: str) -> None:
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(f"Unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}.")
-
-
-# Masks and masked statistics
-
-
-def fill_padding(values: torch.Tensor, mask: torch.Tensor, value: float = 0.0) -> torch.Tensor:
-    """``values`` with every padded entry (mask 0) replaced by ``value``.
-
-    Masking by multiplication is not enough: an inf or NaN at a padded position gives inf * 0 = NaN, in the forward
-    pass and in the gradient. ``torch.where`` selects instead of multiplying, and filling before any exp or square
-    keeps padded entries harmless in the backward pass too.
-    """
-    return torch.where(mask.bool(), values, torch.as_tensor(value, dtype=values.dtype, device=values.device))
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``values`` over entries where ``mask`` is 1 (mask entries are 0 or 1, same shape as values).
-
-    dim=None: a scalar over all real entries; otherwise the mean along ``dim``. A slice with no real entry gives 0
-    rather than NaN.
-    """
-    _check_same_shape(values=values, mask=mask)
-    kept = fill_padding(values, mask)
-    mask = mask.to(values.dtype)
-    masked_sum = kept.sum() if dim is None else kept.sum(dim=dim)
-    real_count = mask.sum() if dim is None else mask.sum(dim=dim)
-    return masked_sum / real_count.clamp(min=1)
-
-
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
-    """Scalar variance of ``values`` over entries where ``mask`` is 1.
-
-    unbiased=True divides by (n - 1) and needs at least two real entries; unbiased=False divides by n.
-    """
-    values = fill_padding(values, mask)
-    mean = masked_mean(values, mask)  # scalar
-    centered_squares = (values - mean) ** 2
-    variance = masked_mean(centered_squares, mask)  # scalar, divided by n
-    if unbiased:
-        real_count = mask.to(values.dtype).sum()
-        if real_count.item() < 2:
-            raise ValueError(f"The unbiased variance needs at least 2 real entries, got {real_count.item():g}.")
-        variance = variance * real_count / (real_count - 1)  # Bessel's correction
-    return variance
-
-
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise ``values`` to unit variance over the real entries: (x - mean) / sqrt(var + 1e-8).
-
-    The variance is the population one (divided by n), so the real entries of the output have variance 1 (up to the
-    1e-8) and a single real entry whitens to 0 instead of failing. shift_mean=False keeps the original mean (only the
-    spread is normalised). Padded entries of the output are 0.
-    """
-    values = fill_padding(values, mask)
-    mean = masked_mean(values, mask)  # scalar
-    variance = masked_var(values, mask, unbiased=False)  # scalar
-    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
-    if not shift_mean:
-        whitened = whitened + mean
-    return fill_padding(whitened, mask)
-
-
-# Log-probabilities, entropy and KL
+# Log-probabilities and entropy
 
 
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -138,93 +62,6 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     return torch.stack(row_entropies)  # [B, T]
 
 
-def kl_estimate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, estimator: str) -> torch.Tensor:
-    """Per-token estimate of KL(policy || reference) from the log-probs of tokens sampled from the policy.
-
-    logprobs, ref_logprobs: [B, T]. Returns [B, T]. Schulman's estimators ("Approximating KL divergence", 2020),
-    with log_ratio = logprobs - ref_logprobs:
-      k1 = log_ratio                                   unbiased, high variance, can be negative
-      k2 = 0.5 * log_ratio ** 2                        biased, low variance, >= 0
-      k3 = exp(-log_ratio) - 1 + log_ratio             unbiased, low variance, >= 0
-    """
-    _check_estimator(estimator)
-    _check_same_shape(logprobs=logprobs, ref_logprobs=ref_logprobs)
-    log_ratio = logprobs - ref_logprobs  # [B, T]
-    if estimator == "k1":
-        return log_ratio
-    if estimator == "k2":
-        return 0.5 * log_ratio**2
-    # k3: written with ref - lp, as in Schulman's note: r = ref / policy, k3 = (r - 1) - log r
-    ref_minus_policy = -log_ratio
-    return torch.exp(ref_minus_policy) - 1 - ref_minus_policy
-
-
-# Rewards and advantages
-
-
-def shaped_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
-    """DeepSpeed-Chat's per-token reward: -kl_coef * kl on every real token, plus the sequence score on the last
-    real token of each row. 0 on padding.
-
-    scores: [B] reward-model scores (clip them before, DS-Chat clips to +-5). kl: [B, T] per-token KL estimate.
-    mask: [B, T]. Returns [B, T]. Every row needs at least one real token (the score must land somewhere).
-    """
-    if scores.dim() != 1 or scores.shape[0] != kl.shape[0]:
-        raise ValueError(f"scores must be [B] with B = kl.shape[0], got {tuple(scores.shape)} and {tuple(kl.shape)}.")
-    _check_same_shape(kl=kl, mask=mask)
-    real = mask.bool()  # [B, T]
-    if not real.any(dim=1).all():
-        raise ValueError("Every row of mask needs at least one real token to receive its score.")
-    rewards = -kl_coef * fill_padding(kl, real)  # [B, T]
-    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(real)  # [B, T]
-    last_real_index = torch.where(real, positions, -1).max(dim=1).values  # [B]
-    rows = torch.arange(mask.shape[0], device=mask.device)  # [B]
-    rewards[rows, last_real_index] += scores.to(rewards.dtype)
-    return rewards
-
-
-def gae_advantages(
-    values: torch.Tensor, rewards: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al. 2016) over the completion tokens.
-
-    values: [B, T] critic values, rewards: [B, T] per-token rewards, mask: [B, T] of the form 1...1 0...0 per row.
-    Returns (advantages [B, T], returns [B, T]) with returns = advantages + values on real tokens; both are 0 on
-    padding. The answer ends at its last real token, so the value bootstrapped after it is 0.
-
-        delta_t     = r_t + gamma * V_{t+1} - V_t
-        advantage_t = delta_t + gamma * lam * advantage_{t+1}
-
-    Gradients flow into the inputs; the trainer calls this under ``torch.no_grad()``.
-    """
-    if not 0 <= gamma <= 1:
-        raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
-    if not 0 <= lam <= 1:
-        raise ValueError(f"lam must be in [0, 1], got {lam}.")
-    _check_same_shape(values=values, rewards=rewards, mask=mask)
-    real = mask.to(values.dtype)  # [B, T]
-    if (real[:, 1:] > real[:, :-1]).any():
-        raise ValueError(
-            "gae_advantages needs right-padded masks (1...1 0...0 per row); found a real token after padding."
-        )
-    # Zeroing padded values and rewards makes every padded step contribute delta = 0, and makes V_{t+1} = 0 after
-    # the last real token: the bootstrap needs no special case.
-    values = fill_padding(values, real)
-    rewards = fill_padding(rewards, real)
-    batch_size, length = values.shape
-    advantages_reversed = []
-    next_value = torch.zeros(batch_size, dtype=values.dtype, device=values.device)  # [B]
-    next_advantage = torch.zeros(batch_size, dtype=values.dtype, device=values.device)  # [B]
-    for t in reversed(range(length)):
-        delta = rewards[:, t] + gamma * next_value - values[:, t]  # [B]
-        next_advantage = delta + gamma * lam * next_advantage  # [B]
-        advantages_reversed.append(next_advantage)
-        next_value = values[:, t]
-    advantages = fill_padding(torch.stack(advantages_reversed[::-1], dim=1), real)  # [B, T]
-    returns = fill_padding(advantages + values, real)  # [B, T]
-    return advantages, returns
-
-
 # Losses
 
 
@@ -246,7 +83,7 @@ def policy_loss(
     term was strictly larger), "approx_kl" (mean of 0.5 * (logprobs - old_logprobs) ** 2), "ratio_mean", "ratio_max".
     """
     _check_clip_range(clip_range)
-    _check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
+    check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, mask=mask)
     # Filled before the exp: a huge log-ratio at a padded position would otherwise give inf there, and inf * 0 = NaN
     # in the gradient even though the position is masked out of the mean.
     log_ratio = fill_padding(logprobs - old_logprobs, mask)  # [B, T]
@@ -280,7 +117,7 @@ def value_loss(
     strictly larger}).
     """
     _check_clip_range(clip_range)
-    _check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
     values, old_values, returns = (fill_padding(tensor, mask) for tensor in (values, old_values, returns))
     clipped_values = torch.clamp(values, old_values - clip_range, old_values + clip_range)  # [B, T]
     unclipped_error = (values - returns) ** 2  # [B, T]
@@ -302,23 +139,54 @@ def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tens
           and with low variance, and near the reference both KLs have the same gradient to first order, so it is the
           usual choice (as in GRPO); far from the reference it pulls towards covering the reference's support.
     """
-    _check_same_shape(logprobs=logprobs, mask=mask)
+    check_same_shape(logprobs=logprobs, mask=mask)
     # Padded positions filled before the estimator's exp, so they add neither NaN nor gradient.
     logprobs, ref_logprobs = fill_padding(logprobs, mask), fill_padding(ref_logprobs, mask)
     return masked_mean(kl_estimate(logprobs, ref_logprobs, estimator), mask)
 
 
-@torch.no_grad()
-def ema_update(ema_parameters: Iterable[torch.Tensor], parameters: Iterable[torch.Tensor], beta: float) -> None:
-    """In place, for each pair: ema = beta * ema + (1 - beta) * parameter (DS-Chat uses beta = 0.992).
+# Loss aggregation
 
-    Both iterables must yield the same number of tensors, in matching order and shapes. The EMA copy may live on
-    another device or in another dtype (e.g. float32 on the CPU).
+LOSS_TYPES = ("token_mean", "sequence_mean", "dr_grpo")
+# TRL 1.16 GRPOConfig.loss_type names of the same aggregations (see aggregate_loss for the small differences).
+TRL_LOSS_TYPES = {"token_mean": ("bnpo", "dapo"), "sequence_mean": ("grpo",), "dr_grpo": ("dr_grpo",)}
+
+
+def aggregate_loss(
+    per_token_loss: torch.Tensor, mask: torch.Tensor, loss_type: str, max_completion_length: int | None = None
+) -> torch.Tensor:
+    """Reduce a per-token loss [B, T] over the real tokens of ``mask`` [B, T] to a scalar.
+
+      token_mean      sum over all real tokens / number of real tokens of the batch. TRL "bnpo" (this batch's
+                      tokens) and "dapo" (TRL's default: the tokens of the whole generation batch across processes
+                      and accumulation steps; the same when this batch is all of it). verl "token-mean". No length
+                      bias: every token weighs the same.
+      sequence_mean   mean over each sequence's real tokens, then mean over the B sequences. TRL "grpo", verl
+                      "seq-mean-token-mean". Tokens of short completions weigh more (the length bias of GRPO).
+      dr_grpo         sum over all real tokens / (B * max_completion_length), a constant. TRL "dr_grpo". verl's
+                      "seq-mean-token-sum-norm" divides by the constant alone, not by B.
+
+    A sequence without real tokens adds 0 to sequence_mean and still counts in B, as in TRL (verl leaves it out).
+    max_completion_length is needed by dr_grpo and must be at least the longest real completion.
     """
-    if not 0 <= beta <= 1:
-        raise ValueError(f"beta must be in [0, 1], got {beta}.")
-    for ema_parameter, parameter in zip(ema_parameters, parameters, strict=True):
-        if ema_parameter.shape != parameter.shape:
-            raise ValueError(f"EMA parameter shape {tuple(ema_parameter.shape)} != {tuple(parameter.shape)}.")
-        parameter = parameter.to(device=ema_parameter.device, dtype=ema_parameter.dtype)
-        ema_parameter.mul_(beta).add_(parameter, alpha=1 - beta)
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"Unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}.")
+    check_same_shape(per_token_loss=per_token_loss, mask=mask)
+    if per_token_loss.dim() != 2:
+        raise ValueError(f"per_token_loss must be [B, T], got shape {tuple(per_token_loss.shape)}.")
+    real = mask.bool()
+    loss = fill_padding(per_token_loss, real)  # [B, T]
+    token_counts = real.sum(dim=1).to(loss.dtype)  # [B]
+    if loss_type == "token_mean":
+        return loss.sum() / token_counts.sum().clamp(min=1)
+    if loss_type == "sequence_mean":
+        return (loss.sum(dim=1) / token_counts.clamp(min=1)).mean()
+    if max_completion_length is None or max_completion_length < 1:
+        raise ValueError(f"loss_type dr_grpo needs max_completion_length >= 1, got {max_completion_length}.")
+    longest = int(token_counts.max().item()) if token_counts.numel() else 0
+    if longest > max_completion_length:
+        raise ValueError(
+            f"loss_type dr_grpo: a completion has {longest} real tokens, more than max_completion_length = "
+            f"{max_completion_length}; set max_completion_length to the generation limit (max_new_tokens)."
+        )
+    return loss.sum() / (per_token_loss.shape[0] * max_completion_length)

@@ -15,22 +15,29 @@ built, it generates a few greedy tokens for fixed probe prompts, and they must e
 inputs (``self_check``). Any difference or exception falls back to ``generate``.
 
 Completions have the same format as ``HFRollout``: new tokens only, right-padded with the pad token after the first
-end-of-sequence token, as wide as the longest answer.
+end-of-sequence token, as wide as the longest answer (``rlhf_trl.generation.pad_after_end``, the project's one cut
+at end-of-text). Building the engine and translating generation settings to it: ``rlhf_trl.ppo.deepspeed_engine``.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import time
 from contextlib import contextmanager
 
 import torch
-from torch import nn
 from transformers import GenerationConfig
 
-from .rollout import HFRollout, RolloutBackend
+from rlhf_trl.generation import pad_after_end
+from rlhf_trl.ppo.deepspeed_engine import (
+    distributed_environment,
+    find_actor,
+    precision_section,
+    resolve_generation_config,
+    rollout_engine_limitation,
+    sampling_config_from,
+)
+from rlhf_trl.ppo.rollout import HFRollout, RolloutBackend
 
 logger = logging.getLogger(__name__)
 
@@ -43,18 +50,6 @@ SELF_CHECK_TOKENS = 6
 PROBE_PROMPTS = ("Human: Hello, how are you? Assistant:", "Human: Hi Assistant:")
 
 
-def find_actor(model: nn.Module) -> nn.Module:
-    """Return the generating model inside what ``accelerator.prepare`` returned: the actor itself, or a DeepSpeed
-    engine or DDP wrapper around it or around the trainer's ``PolicyAndValueWrapper`` (whose ``policy`` is the actor).
-    """
-    from deepspeed import DeepSpeedEngine
-
-    from .modeling import PolicyAndValueWrapper
-
-    module = model.module if isinstance(model, (DeepSpeedEngine, nn.parallel.DistributedDataParallel)) else model
-    return module.policy if isinstance(module, PolicyAndValueWrapper) else module
-
-
 def probe_inputs(tokenizer, device) -> tuple[torch.LongTensor, torch.LongTensor]:
     """The self-check's prompts, left-padded as the trainer pads its prompts."""
     padding_side = tokenizer.padding_side
@@ -64,105 +59,6 @@ def probe_inputs(tokenizer, device) -> tuple[torch.LongTensor, torch.LongTensor]
     finally:
         tokenizer.padding_side = padding_side
     return batch["input_ids"].to(device), batch["attention_mask"].to(device)
-
-
-def resolve_generation_config(requested: GenerationConfig, model_defaults: GenerationConfig) -> GenerationConfig:
-    """The settings HF ``generate`` would actually use: ours, then the model's own for unset fields, then
-    Transformers' global defaults (e.g. top_k 50), applied in the same order as ``generate`` does."""
-    resolved = copy.deepcopy(requested)
-    resolved.update(**model_defaults.to_dict(), defaults_only=True)
-    # Total-length limits stay unset: generate derives them from the new-token counts, and warns when both are set.
-    global_defaults = GenerationConfig._get_default_generation_params()
-    global_defaults.pop("max_length"), global_defaults.pop("min_length")
-    resolved.update(**global_defaults, defaults_only=True)
-    return resolved
-
-
-def rollout_engine_limitation(generation_config: GenerationConfig) -> str | None:
-    """Why DeepSpeed's ``HybridEngineRollout`` cannot reproduce ``generation_config`` exactly, or None if it can.
-
-    That engine always decodes ``max_new_tokens`` tokens with end-of-sequence detection turned off (so ZeRO-3 ranks
-    stay in step) and only takes temperature, top-k and top-p; settings that need end-of-sequence awareness during
-    decoding or another search strategy go through the hybrid engine's ``generate`` instead. Expects a config
-    from ``resolve_generation_config`` (defaults filled in).
-    """
-    if generation_config.max_new_tokens is None:
-        return "max_new_tokens is not set"
-    if generation_config.num_beams != 1:
-        return "beam search"
-    if generation_config.min_new_tokens or generation_config.min_length:
-        return "a minimum answer length suppresses end-of-sequence, which that engine does not track"
-    if generation_config.stop_strings:
-        return "stop strings end answers early"
-    if generation_config.do_sample and not generation_config.temperature:
-        return "sampling at temperature 0"
-    return None
-
-
-def sampling_config_from(generation_config: GenerationConfig):
-    """Translate resolved sampling settings into DeepSpeed's ``SamplingConfig`` (temperature 0 means greedy there,
-    top-k 0 means no top-k filtering in both)."""
-    from deepspeed.runtime.rollout import SamplingConfig
-
-    if not generation_config.do_sample:
-        return SamplingConfig(
-            max_new_tokens=generation_config.max_new_tokens,
-            temperature=0.0,
-            n_samples_per_prompt=generation_config.num_return_sequences,
-        )
-    return SamplingConfig(
-        max_new_tokens=generation_config.max_new_tokens,
-        temperature=generation_config.temperature,
-        top_k=generation_config.top_k,
-        top_p=generation_config.top_p,
-        n_samples_per_prompt=generation_config.num_return_sequences,
-    )
-
-
-def end_of_sequence_ids(generation_config: GenerationConfig) -> list[int]:
-    eos = generation_config.eos_token_id
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
-
-
-def pad_after_end(completions: torch.LongTensor, eos_ids: list[int], pad_id: int) -> torch.LongTensor:
-    """completions: [batch, width] new tokens. Keeps each row up to and including its first end-of-sequence token,
-    pads the rest, and cuts the width to the longest kept row, which is what HF ``generate`` returns."""
-    if not eos_ids or completions.shape[1] == 0:
-        return completions
-    is_end = torch.isin(completions, torch.tensor(eos_ids, device=completions.device))
-    has_end = is_end.any(dim=1)
-    first_end = is_end.int().argmax(dim=1)
-    kept_length = torch.where(has_end, first_end + 1, torch.full_like(first_end, completions.shape[1]))
-    positions = torch.arange(completions.shape[1], device=completions.device).unsqueeze(0)
-    padded = completions.masked_fill(positions >= kept_length.unsqueeze(1), pad_id)
-    return padded[:, : int(kept_length.max())]
-
-
-@contextmanager
-def distributed_environment():
-    """``deepspeed.initialize`` needs a process group and a LOCAL_RANK variable. Launchers (torchrun, accelerate,
-    deepspeed) provide both; in a plain process, start a one-process group over an in-memory store (no port) and
-    describe that world in the environment only while DeepSpeed reads it."""
-    if not torch.distributed.is_initialized() and "WORLD_SIZE" not in os.environ:
-        torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
-    single_process = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    missing = [name for name in single_process if name not in os.environ]
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() == 1:
-        os.environ.update({name: single_process[name] for name in missing})
-    try:
-        yield
-    finally:
-        for name in missing:
-            os.environ.pop(name, None)
-
-
-def _precision_section(actor: nn.Module) -> dict:
-    """Match the engine's precision to the actor's: DeepSpeed casts the module in place, and these parameters are
-    shared with the training engine."""
-    dtype = next(actor.parameters()).dtype
-    return {"bf16": {"enabled": dtype == torch.bfloat16}, "fp16": {"enabled": dtype == torch.float16}}
 
 
 class DeepSpeedRollout(RolloutBackend):
@@ -336,7 +232,7 @@ class DeepSpeedRollout(RolloutBackend):
             "zero_optimization": {"stage": 0},
             # Without kernels the hybrid engine would still try to build them (and fail off CUDA), so it stays off.
             "hybrid_engine": {"enabled": with_kernels, **self.hybrid_engine_options},
-            **_precision_section(self.actor),
+            **precision_section(self.actor),
         }
         with distributed_environment():
             self.engine, *_ = deepspeed.initialize(model=self.actor, config=config)
@@ -374,7 +270,10 @@ class DeepSpeedRollout(RolloutBackend):
 
     @staticmethod
     def _completions(completions, generation_config: GenerationConfig):
-        eos_ids = end_of_sequence_ids(generation_config)
+        """New tokens in ``HFRollout``'s format: padded after the first end-of-text token, as wide as the longest
+        answer."""
+        eos = generation_config.eos_token_id
+        eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
         pad_id = generation_config.pad_token_id
         if pad_id is None:
             pad_id = eos_ids[0] if eos_ids else 0
@@ -416,17 +315,3 @@ class DeepSpeedRollout(RolloutBackend):
             return  # nothing cached, or the trainer's own hybrid engine, which refreshes itself in step()
         for container in self.engine._inference_containers:
             container.reset_params()
-
-
-def build_rollout(
-    name: str, model, tokenizer, generation_config: GenerationConfig, accelerator=None, **options
-) -> RolloutBackend:
-    """Build the rollout backend called ``name`` ("hf" or "deepspeed"); ``options`` go to the DeepSpeed backend."""
-    backends = {HFRollout.name: HFRollout, DeepSpeedRollout.name: DeepSpeedRollout}
-    if name not in backends:
-        raise ValueError(f"Unknown rollout backend {name!r}; choose one of: {', '.join(sorted(backends))}.")
-    if name == HFRollout.name:
-        if options:
-            raise ValueError(f"The 'hf' rollout backend takes no options; got {', '.join(sorted(options))}.")
-        return HFRollout(model, tokenizer, generation_config, accelerator)
-    return DeepSpeedRollout(model, tokenizer, generation_config, accelerator, **options)

@@ -1,6 +1,7 @@
-"""RunLogger: where a PPO run's numbers go besides metrics.jsonl. Experiment trackers named by ``report_to``
-(TensorBoard, W&B, Trackio, through Accelerate's trackers) get every logged metric at the same step, the run
-configuration, and a table of sample completions; a progress bar shows steps, ETA and the main metrics."""
+"""RunLogger: where a PPO run's numbers go. metrics.jsonl and samples.jsonl in the output folder; experiment
+trackers named by ``report_to`` (TensorBoard, W&B, Trackio, through Accelerate's trackers) get every logged metric at
+the same step, the run configuration, and a table of sample completions; a progress bar shows steps, ETA and the
+main metrics."""
 
 from __future__ import annotations
 
@@ -16,13 +17,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rlhf_trl.configs import ConfigError
+from rlhf_trl.output_dir import truncate_jsonl
+from rlhf_trl.steps import PPO as PPO_STEP
 
 logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
 # report_to name -> the package it needs (installed with the extra of the same name: pip install 'rlhf-trl[wandb]').
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
 # Metrics shown on the progress bar and in the log line.
-SHOWN = ("objective/score", "objective/gold_score", "objective/kl", "policy/clip_fraction", "response/length")
+SHOWN = PPO_STEP.progress_metrics
 SAMPLE_COLUMNS = ["prompt", "completion", "score", "gold_score"]
 
 
@@ -84,7 +87,8 @@ def run_config(args) -> dict:
 
 
 class RunLogger:
-    """Sends what a PPO run logs to its trackers and draws the progress bar; only the main process writes.
+    """Writes what a PPO run logs to its output folder and trackers and draws the progress bar; only the main process
+    writes. ``history`` holds every record written to metrics.jsonl by this process.
 
     Args:
         accelerator: the trainer's Accelerator, built with ``log_with=build_trackers(args)``.
@@ -96,6 +100,8 @@ class RunLogger:
         self.accelerator = accelerator
         self.args = args
         self.total_steps = total_steps
+        self.output_dir = Path(args.output_dir)
+        self.history: list[dict] = []
         self.started = False
         self.progress = None
         self.shows_progress = False
@@ -122,6 +128,44 @@ class RunLogger:
         self.progress.update(step - self.progress.n)
         shown = {key.split("/")[-1]: f"{metrics[key]:.3g}" for key in SHOWN if key in metrics}
         self.progress.set_postfix(shown, refresh=False)
+
+    def log_step(self, step: int, metrics: dict[str, float], rollout) -> None:
+        """The metrics of PPO step ``step`` (rounded) to metrics.jsonl, the first num_samples_to_log samples of its
+        rollout to samples.jsonl, both to the trackers, and a log line."""
+        record = {"step": step, **{key: round(float(value), 6) for key, value in metrics.items()}}
+        self.history.append(record)
+        samples = [
+            {
+                "step": step,
+                "prompt": rollout.prompts[index],
+                "completion": rollout.completions[index],
+                "score": float(rollout.raw_scores[index]),
+                "gold_score": None if rollout.gold_scores is None else float(rollout.gold_scores[index]),
+            }
+            for index in range(min(self.args.num_samples_to_log, len(rollout)))
+        ]
+        if self.accelerator.is_main_process:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with (self.output_dir / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            with (self.output_dir / "samples.jsonl").open("a") as handle:
+                handle.writelines(json.dumps(sample) + "\n" for sample in samples)
+        # Trackers see exactly the rounded values of metrics.jsonl, at the same step.
+        self.log(record, samples)
+        if self.accelerator.is_main_process:
+            logger.info(
+                "step %d/%d  %s",
+                step,
+                self.total_steps,
+                "  ".join(f"{key.split('/')[-1]}={metrics[key]:.3f}" for key in SHOWN if key in metrics),
+            )
+
+    def truncate(self, step: int) -> None:
+        """Drop log lines written after ``step`` (a resumed checkpoint's): the logs read like an uninterrupted run."""
+        if not self.accelerator.is_main_process:
+            return
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            truncate_jsonl(self.output_dir / name, step)
 
     def log(self, record: dict, samples: list[dict]) -> None:
         """A metrics.jsonl record (its ``step`` is the tracker step) and the sample completions of that step."""

@@ -21,11 +21,18 @@ import tempfile
 from fnmatch import fnmatch
 from pathlib import Path
 
+from rlhf_trl.models import (
+    ADAPTER_CONFIG,
+    adapter_base_model,
+    adapter_config,
+    adapter_tokenizer_source,
+    is_lora_folder,
+)
 from rlhf_trl.reporting.model_card import read_run_info, redact_run_info, write_model_card
 
 __all__ = ["HubPushError", "is_uploadable", "push_to_hub", "select_files", "stage_for_upload", "write_model_card"]
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", "adapter_model.bin")
 # What a model repository needs, and nothing else: a step's folder also holds trainer checkpoints, tracker logs
 # (wandb/), evaluation outputs on private data and training_args.bin, none of which may leave the machine.
 MODEL_FILES = (
@@ -123,19 +130,15 @@ def merge_adapter(output_dir: Path, destination: Path) -> None:
     from peft import AutoPeftModelForCausalLM, AutoPeftModelForSequenceClassification
     from transformers import AutoTokenizer
 
-    adapter_config = json.loads((output_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    if not adapter_config.get("base_model_name_or_path"):
-        raise HubPushError(f"{output_dir}/adapter_config.json does not name its base model: cannot merge")
-    is_classifier = adapter_config.get("task_type") == "SEQ_CLS"
+    if adapter_base_model(output_dir) is None:
+        raise HubPushError(f"{output_dir}/{ADAPTER_CONFIG} does not name its base model: cannot merge")
+    is_classifier = adapter_config(output_dir).get("task_type") == "SEQ_CLS"
     model_class = AutoPeftModelForSequenceClassification if is_classifier else AutoPeftModelForCausalLM
     # Reward models here have one label; the base of their adapter is often a causal LM whose config says nothing.
     extra = {"num_labels": 1} if is_classifier else {}
     model = model_class.from_pretrained(output_dir, **extra)
     model.merge_and_unload().save_pretrained(destination)
-    has_tokenizer = (output_dir / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(
-        output_dir if has_tokenizer else adapter_config["base_model_name_or_path"]
-    )
+    tokenizer = AutoTokenizer.from_pretrained(adapter_tokenizer_source(output_dir))
     tokenizer.save_pretrained(destination)
 
 
@@ -152,8 +155,8 @@ def stage_for_upload(output_dir: str | Path, staging_root: str | Path, merge_lor
     files, _ = select_files(output_dir)
     merged = False
     if merge_lora:
-        if not (output_dir / "adapter_config.json").is_file():
-            raise HubPushError(f"--merge_lora: {output_dir} holds no LoRA adapter (no adapter_config.json)")
+        if not is_lora_folder(output_dir):
+            raise HubPushError(f"--merge_lora: {output_dir} holds no LoRA adapter (no {ADAPTER_CONFIG})")
         merge_adapter(output_dir, staging)
         merged = True
         files = [path for path in files if path.as_posix() not in ADAPTER_FILES]
@@ -186,9 +189,9 @@ def push_to_hub(
     from huggingface_hub import HfApi
 
     output_dir = Path(output_dir)
-    has_model = any((output_dir / name).is_file() for name in ("config.json", "adapter_config.json"))
+    has_model = (output_dir / "config.json").is_file() or is_lora_folder(output_dir)
     if not has_model:
-        raise HubPushError(f"{output_dir} holds no checkpoint (no config.json or adapter_config.json)")
+        raise HubPushError(f"{output_dir} holds no checkpoint (no config.json or {ADAPTER_CONFIG})")
     endpoint = os.environ.get("HF_ENDPOINT", "").rstrip("/") or None  # read now, not at import time
     run_info_path = output_dir / "run_info.json"
     step = json.loads(run_info_path.read_text())["step_name"] if run_info_path.is_file() else "checkpoint"

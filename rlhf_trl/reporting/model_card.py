@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from rlhf_trl.models import is_lora_folder
 from rlhf_trl.redaction import redact_command, redact_mapping
 
 STEP_TITLES = {
@@ -136,7 +137,7 @@ def render_model_card(folder: str | Path, merged_from_adapter: bool = False) -> 
     folder = Path(folder)
     run_info = read_run_info(folder)
     run_info = redact_run_info(run_info) if run_info is not None else None
-    is_adapter = (folder / "adapter_config.json").is_file()
+    is_adapter = is_lora_folder(folder)
     step = (run_info or {}).get("step_name")
     metadata = yaml.safe_dump(front_matter(run_info, is_adapter), sort_keys=False, allow_unicode=True)
     lines = ["---", metadata.rstrip("\n"), "---", "", f"# {folder.name}", ""]

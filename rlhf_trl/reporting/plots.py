@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-STEP_NAMES = ("sft", "reward", "ppo")
+from rlhf_trl.steps import STEP_NAMES  # noqa: E402
 
 
 class MetricsError(ValueError):

@@ -19,12 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from rlhf_trl.reporting.plots import MetricsError, plot_step
+from rlhf_trl.steps import STEPS
 
-STEP_FOLDERS = {
-    "step1_sft": "Step 1: supervised fine-tuning (SFT)",
-    "step2_reward": "Step 2: reward model",
-    "step3_ppo": "Step 3: PPO",
-}
 SAMPLES_PER_STEP = 4
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -186,7 +182,7 @@ def summary_section(summary: dict | None) -> str:
 
 def step_folders(run_dir: Path) -> list[tuple[Path, str]]:
     """The step folders of an e2e run in pipeline order, or the run folder itself when it is a single step."""
-    found = [(run_dir / name, title) for name, title in STEP_FOLDERS.items() if (run_dir / name).is_dir()]
+    found = [(run_dir / step.folder, step.heading) for step in STEPS if (run_dir / step.folder).is_dir()]
     if found:
         return found
     if (run_dir / "run_info.json").is_file() or (run_dir / "metrics.jsonl").is_file():
@@ -202,7 +198,7 @@ def build_report(run_dir: str | Path) -> str:
         raise ReportError(f"{run_dir}: no such folder")
     folders = step_folders(run_dir)
     if not folders:
-        expected = ", ".join(STEP_FOLDERS)
+        expected = ", ".join(step.folder for step in STEPS)
         raise ReportError(f"{run_dir}: no step output found (expected {expected}, or a step's run_info.json)")
     created = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = [

@@ -212,8 +212,8 @@ class TRLRewardKwargs:
     """The keyword arguments TRL's GRPOTrainer/RLOOTrainer pass to reward functions besides prompts, completions and
     dataset columns, for a trainer of this project to pass too; it collects what functions log.
 
-    PPOTrainer holds one (``reward_kwargs``) and passes ``for_batch(...)`` to every reward call: rollout scoring,
-    reference score normalisation and evaluation; what functions log is added to the step's metrics.
+    PPO's CompletionScorer holds one (``reward_kwargs``) and passes ``for_batch(...)`` to every reward call: rollout
+    scoring, reference score normalisation and evaluation; what functions log is added to the step's metrics.
 
     ``log_metric(name, value)`` values are averaged over the calls since the last ``pop_metrics`` (on this process)
     and logged under ``name``, as TRL logs them; ``log_extra(column, values)`` columns are kept for

@@ -35,8 +35,7 @@ def load_scorer(model: str | None, function: str | None, batch_size: int = 32):
         raise ValueError(f"--model {model}: no such folder")
     import torch
 
-    from rlhf_trl.inference.evaluate import load_reward_model
-    from rlhf_trl.reward.sources import RewardModelScorer
+    from rlhf_trl.reward.sources import RewardModelScorer, load_reward_model
 
     reward_model, tokenizer = load_reward_model(path)
     if torch.cuda.is_available():
@@ -124,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scorer = load_scorer(arguments.model, arguments.function, arguments.batch_size)
         server = make_server(scorer, arguments.host, arguments.port)
-    except (ValueError, OSError) as error:  # bad folder or spec (EvalInputError is a ValueError), port in use
+    except (ValueError, OSError) as error:  # bad folder or spec (RewardModelError is a ValueError), port in use
         print(f"error: {error}", file=sys.stderr)
         return 2
     host, port = server.server_address[:2]

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import torch
+
+
+class RewardModelError(ValueError):
+    """A folder that holds no usable reward model; the message is one line naming the folder."""
 
 
 def load_reward_function(spec: str) -> Callable:
@@ -20,6 +25,45 @@ def load_reward_function(spec: str) -> Callable:
     from rlhf_trl.reward.functions import resolve_reward_function
 
     return resolve_reward_function(spec)
+
+
+def load_reward_model(path: str | Path, trust_remote_code: bool = False):
+    """Load ``(model, tokenizer)`` of a reward model folder (full model or LoRA adapter with its score head), in
+    eval mode.
+
+    Fails (:class:`RewardModelError`) when the checkpoint lacks weights the model needs: transformers would silently
+    initialise a fresh score head, and every score would be noise.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rlhf_trl.models import ADAPTER_CONFIG, adapter_tokenizer_source, is_lora_folder
+
+    path = Path(path)
+    if is_lora_folder(path):
+        from peft import AutoPeftModelForSequenceClassification
+
+        model = AutoPeftModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, trust_remote_code=trust_remote_code
+        )
+        tokenizer = AutoTokenizer.from_pretrained(adapter_tokenizer_source(path), trust_remote_code=trust_remote_code)
+    else:
+        if not (path / "config.json").exists():
+            raise RewardModelError(f"{path}: no reward model here (no config.json or {ADAPTER_CONFIG})")
+        model, loading_info = AutoModelForSequenceClassification.from_pretrained(
+            path, output_loading_info=True, trust_remote_code=trust_remote_code
+        )
+        if loading_info["missing_keys"]:
+            missing = ", ".join(sorted(loading_info["missing_keys"]))
+            raise RewardModelError(
+                f"{path}: not a trained reward model, weights missing from the checkpoint: {missing}"
+            )
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if model.config.num_labels != 1:
+        raise RewardModelError(f"{path}: a reward model has one output, this one has {model.config.num_labels}")
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
 
 
 def reward_input_ids(tokenizer, prompt, completion) -> list[int]:
@@ -71,6 +115,13 @@ class RewardModelScorer:
         self.batch_size = batch_size
         self.max_length = max_length or getattr(self.config, "max_position_embeddings", None)
         self.__name__ = "reward_model"
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | Path, batch_size: int = 32, trust_remote_code: bool = False
+    ) -> RewardModelScorer:
+        """A scorer over the reward model folder ``path`` (see :func:`load_reward_model`)."""
+        return cls(*load_reward_model(path, trust_remote_code), batch_size=batch_size)
 
     def encode(self, prompt, completion) -> list[int]:
         """Token ids of one (prompt, completion) as the reward model read them in training."""

@@ -15,7 +15,7 @@ import torch
 from transformers import TrainerCallback
 from trl import TrlParser, get_peft_config, get_quantization_config
 
-from rlhf_trl.models import model_folder_problem
+from rlhf_trl.models import is_lora_folder, model_folder_problem
 from rlhf_trl.output_dir import (
     OutputDirError,
     OutputLock,
@@ -29,6 +29,7 @@ from rlhf_trl.output_dir import (
     truncate_jsonl,
 )
 from rlhf_trl.redaction import blank_secret_fields, redact_argv, redact_mapping
+from rlhf_trl.steps import BY_NAME
 
 logger = logging.getLogger("rlhf_trl")
 
@@ -207,7 +208,7 @@ def check_model_path(name_or_path: str | None, what: str, needs_tokenizer: bool 
         raise StepError(f"no {what} given (set model_name_or_path)")
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").exists() and not (path / "adapter_config.json").exists():
+        if not (path / "config.json").exists() and not is_lora_folder(path):
             raise StepError(f"{what} {name_or_path} has no config.json: not a Hugging Face model folder")
         problem = model_folder_problem(path, needs_tokenizer)
         if problem:
@@ -344,9 +345,6 @@ def write_run_info(output_dir, step_name, model_args, data_args, training_args, 
     return info
 
 
-STEP_TITLES = {"sft": "step 1 (SFT)", "reward": "step 2 (reward model)", "ppo": "step 3 (PPO)"}
-
-
 def finish_step(output: StepOutput, step_name, parsed, hyperparameter_keys, final_metrics, started) -> None:
     """After a step saved its checkpoint (main process only): lineage record, plots, model card, optional Hub push
     and the final metrics table; then the folder's lock is released. ``parsed`` is the (model, data, training, run)
@@ -373,7 +371,7 @@ def finish_step(output: StepOutput, step_name, parsed, hyperparameter_keys, fina
         except hub.HubPushError as error:
             raise StepError(f"{error} (the trained model is saved in {output_dir})") from error
         logger.info("pushed %s to %s", output_dir, url)
-    print_table(STEP_TITLES[step_name], final_metrics)
+    print_table(BY_NAME[step_name].label, final_metrics)
     output.release()
 
 

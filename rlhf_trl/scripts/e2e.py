@@ -12,9 +12,11 @@ import argparse
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+from rlhf_trl.launch import DEPLOYMENT_TYPES, ZERO_STAGES
 from rlhf_trl.models import TINY_BASE
 from rlhf_trl.output_dir import (
     OutputDirError,
@@ -25,16 +27,15 @@ from rlhf_trl.output_dir import (
     visible_contents,
 )
 from rlhf_trl.redaction import redact_argv
+from rlhf_trl.scripts.step_progress import MetricsFollower, progress_line
+from rlhf_trl.steps import BY_NUMBER, STEP_NUMBERS, STEPS, Step
 
-STEP_DIRS = {1: "step1_sft", 2: "step2_reward", 3: "step3_ppo"}
-STEP_MODULES = {1: "rlhf_trl.scripts.sft", 2: "rlhf_trl.scripts.reward", 3: "rlhf_trl.scripts.ppo"}
-STEP_RECIPES = {1: "sft.yaml", 2: "reward.yaml", 3: "ppo.yaml"}
-# (metric in run_info.json final_metrics, label): the first one present is the step's key metric.
-KEY_METRICS = {
-    1: [("eval_gold_score", "gold score"), ("eval_loss", "eval loss")],
-    2: [("eval_pair_accuracy", "pair accuracy"), ("eval_accuracy", "accuracy")],
-    3: [("eval/gold_score", "gold score"), ("eval/score", "reward score")],
-}
+# Output folder of each step by number (the steps are described in rlhf_trl.steps).
+STEP_DIRS = {step.number: step.folder for step in STEPS}
+# Where step 2 starts: the recipe's base model (DS-Chat), or step 1's output (InstructGPT).
+REWARD_INITS = ("recipe", "sft")
+# How often a running step's metrics.jsonl is read for new records.
+PROGRESS_POLL_S = 1.0
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -53,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reward-init",
         default="recipe",
-        choices=["recipe", "sft"],
+        choices=REWARD_INITS,
         help="where step 2 starts: the recipe's (or --reward-model) base (DS-Chat), or step 1's output (InstructGPT)",
     )
-    parser.add_argument("--deployment-type", default="cpu", choices=["cpu", "single_gpu", "single_node", "multi_node"])
-    parser.add_argument("--step", type=int, nargs="+", default=[1, 2, 3], choices=[1, 2, 3])
-    parser.add_argument("--actor-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
-    parser.add_argument("--reward-zero-stage", type=int, default=None, choices=[0, 1, 2, 3])
+    parser.add_argument("--deployment-type", default="cpu", choices=DEPLOYMENT_TYPES)
+    parser.add_argument("--step", type=int, nargs="+", default=list(STEP_NUMBERS), choices=STEP_NUMBERS)
+    parser.add_argument("--actor-zero-stage", type=int, default=None, choices=ZERO_STAGES)
+    parser.add_argument("--reward-zero-stage", type=int, default=None, choices=ZERO_STAGES)
     parser.add_argument(
         "--accelerate_config",
         "--accelerate-config",
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def recipe_file(step: int, variant: str | None) -> str:
-    name = STEP_RECIPES[step]
+    name = BY_NUMBER[step].recipe
     return name if not variant else name.replace(".yaml", f"-{variant}.yaml")
 
 
@@ -96,7 +97,7 @@ def recipe_dir(recipe: str, variant: str | None = None) -> Path:
         path = resources.recipe_dir(recipe)
     except resources.ResourceNotFound as error:
         raise SystemExit(f"error: {error}") from None
-    missing = [recipe_file(step, variant) for step in STEP_RECIPES if not (path / recipe_file(step, variant)).exists()]
+    missing = [recipe_file(step, variant) for step in STEP_NUMBERS if not (path / recipe_file(step, variant)).exists()]
     if missing:
         raise SystemExit(f"error: recipe {recipe!r} is incomplete (missing {', '.join(missing)})")
     return path
@@ -107,40 +108,64 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
         "--config",
         str(recipe / recipe_file(step, args.variant)),
         "--output_dir",
-        str(output / STEP_DIRS[step]),
+        str(output / BY_NUMBER[step].folder),
     ]
-    step_dir = output / STEP_DIRS[step]
+    step_dir = output / BY_NUMBER[step].folder
     if args.resume and visible_contents(step_dir):
         # An unfinished step: continue from its last complete checkpoint, or start it again with what it left
         # moved aside.
         has_checkpoint = latest_complete_checkpoint(step_dir) is not None
         arguments += ["--resume_from_checkpoint", "true"] if has_checkpoint else ["--overwrite_output_dir"]
     # Every step knows which datasets the others read, so data_split cuts only the datasets steps share.
-    arguments += ["--pipeline_configs", *(str(recipe / recipe_file(other, args.variant)) for other in STEP_RECIPES)]
+    arguments += ["--pipeline_configs", *(str(recipe / recipe_file(other, args.variant)) for other in STEP_NUMBERS)]
     if step == 1 and args.actor_model:
         arguments += ["--model_name_or_path", args.actor_model]
     if step == 2 and args.reward_init == "sft":
-        arguments += ["--model_name_or_path", str(output / STEP_DIRS[1])]
+        arguments += ["--model_name_or_path", str(output / BY_NUMBER[1].folder)]
     elif step == 2 and args.reward_model:
         arguments += ["--model_name_or_path", args.reward_model]
     if step == 3:
-        arguments += ["--model_name_or_path", str(output / STEP_DIRS[1])]
-        arguments += ["--reward_model_path", str(output / STEP_DIRS[2])]
+        arguments += ["--model_name_or_path", str(output / BY_NUMBER[1].folder)]
+        arguments += ["--reward_model_path", str(output / BY_NUMBER[2].folder)]
     return arguments
 
 
-def run_logged(command: list[str], log_path: Path) -> int:
-    """Run a step, writing everything it prints to its log (after what earlier attempts wrote) and echoing the lines
-    that matter."""
+def is_error_line(line: str) -> bool:
+    """Lines of a step's output echoed while it runs: its one-line errors and tracebacks."""
+    return line.startswith(("error:", "Traceback")) or "Error" in line[:40]
+
+
+def run_logged(command: list[str], log_path: Path, step: Step | None = None, metrics_path: Path | None = None) -> int:
+    """Run a step, writing everything it prints to its log (after what earlier attempts wrote) and echoing its
+    errors. Its progress comes from ``metrics_path`` (the step's metrics.jsonl): one line per new record, read every
+    ``PROGRESS_POLL_S`` seconds while it runs and once more when it ends."""
+    follower = MetricsFollower(metrics_path) if step is not None and metrics_path is not None else None
+
+    def print_progress() -> None:
+        for record in follower.new_records() if follower is not None else []:
+            line = progress_line(step, record)
+            if line is not None:
+                print("   ", line, flush=True)
+
     with log_path.open("a") as log:
         log.write("$ " + " ".join(command) + "\n")
         log.flush()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-        for line in process.stdout:
-            log.write(line)
-            if line.startswith(("error:", "INFO rlhf_trl.ppo.trainer: step", "Traceback")) or "Error" in line[:40]:
-                print("   ", line.rstrip())
-        return process.wait()
+
+        def copy_output() -> None:
+            for line in process.stdout:
+                log.write(line)
+                if is_error_line(line):
+                    print("   ", line.rstrip(), flush=True)
+
+        reader = threading.Thread(target=copy_output, daemon=True)
+        reader.start()
+        while reader.is_alive():
+            print_progress()
+            reader.join(PROGRESS_POLL_S)
+        code = process.wait()
+        print_progress()
+        return code
 
 
 def key_metric(step: int, step_dir: Path) -> tuple[str, float | None]:
@@ -148,7 +173,7 @@ def key_metric(step: int, step_dir: Path) -> tuple[str, float | None]:
     if not info_path.exists():
         return "-", None
     metrics = json.loads(info_path.read_text())["final_metrics"]
-    for name, label in KEY_METRICS[step]:
+    for name, label in BY_NUMBER[step].key_metrics:
         if name in metrics:
             return label, float(metrics[name])
     return "-", None
@@ -157,13 +182,14 @@ def key_metric(step: int, step_dir: Path) -> tuple[str, float | None]:
 def gold_progress(output: Path) -> dict[str, float]:
     """Held-out gold score of the base, SFT and PPO models, where the steps measured one."""
     found = {}
-    sources = [(1, "base", "base_gold_score"), (1, "sft", "eval_gold_score"), (3, "ppo", "eval/gold_score")]
-    for step, name, metric in sources:
-        info_path = output / STEP_DIRS[step] / "run_info.json"
-        if info_path.exists():
-            value = json.loads(info_path.read_text())["final_metrics"].get(metric)
-            if value is not None:
-                found[name] = float(value)
+    for step in STEPS:
+        info_path = output / step.folder / "run_info.json"
+        if not info_path.exists():
+            continue
+        final_metrics = json.loads(info_path.read_text())["final_metrics"]
+        for name, metric in step.gold_metrics:
+            if final_metrics.get(metric) is not None:
+                found[name] = float(final_metrics[metric])
     return found
 
 
@@ -305,27 +331,31 @@ def run_steps(args, recipe: Path, output: Path, chosen_config: Path | None) -> i
     if args.overwrite_output_dir:
         earlier = [output / name for name in ("e2e_summary.json", "report.html")]
         for step in args.step:
-            earlier += [output / STEP_DIRS[step], output / f"step{step}.log"]
+            earlier += [output / BY_NUMBER[step].folder, output / f"step{step}.log"]
         moved = move_aside(output, earlier)
         if moved is not None:
             print(f"note: moved the earlier results of steps {sorted(args.step)} to {moved}", file=sys.stderr)
     rows = []
     for step in sorted(args.step):
-        step_dir = output / STEP_DIRS[step]
+        folder = BY_NUMBER[step].folder
+        step_dir = output / folder
         if args.resume and (step_dir / "run_info.json").exists():
             label, value = key_metric(step, step_dir)
             wall_time = json.loads((step_dir / "run_info.json").read_text()).get("wall_time_s") or 0.0
-            print(f"==> step {step} ({STEP_DIRS[step]}) finished earlier (run_info.json present): skipped")
-            rows.append({"step": STEP_DIRS[step], "wall_time_s": wall_time, "key_metric": label, "value": value})
+            print(f"==> step {step} ({folder}) finished earlier (run_info.json present): skipped")
+            rows.append({"step": folder, "wall_time_s": wall_time, "key_metric": label, "value": value})
             continue
         zero_stage = args.reward_zero_stage if step == 2 else args.actor_zero_stage
         config = chosen_config or config_for_deployment(args.deployment_type, zero_stage)
         command = launch_command(
-            config, STEP_MODULES[step], step_arguments(step, args, recipe, output), num_processes=args.num_processes
+            config,
+            BY_NUMBER[step].module,
+            step_arguments(step, args, recipe, output),
+            num_processes=args.num_processes,
         )
-        print(f"==> step {step} ({STEP_DIRS[step]}) with {config.name}; log: {output / f'step{step}.log'}")
+        print(f"==> step {step} ({folder}) with {config.name}; log: {output / f'step{step}.log'}")
         started = time.time()
-        code = run_logged(command, output / f"step{step}.log")
+        code = run_logged(command, output / f"step{step}.log", BY_NUMBER[step], step_dir / "metrics.jsonl")
         elapsed = time.time() - started
         if code != 0:
             print(
@@ -334,8 +364,8 @@ def run_steps(args, recipe: Path, output: Path, chosen_config: Path | None) -> i
                 file=sys.stderr,
             )
             return code
-        label, value = key_metric(step, output / STEP_DIRS[step])
-        rows.append({"step": STEP_DIRS[step], "wall_time_s": elapsed, "key_metric": label, "value": value})
+        label, value = key_metric(step, step_dir)
+        rows.append({"step": folder, "wall_time_s": elapsed, "key_metric": label, "value": value})
     gold = gold_progress(output)
     (output / "e2e_summary.json").write_text(json.dumps({"steps": rows, "gold_score": gold}, indent=2))
     print_summary(rows)

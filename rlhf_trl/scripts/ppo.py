@@ -29,6 +29,7 @@ from rlhf_trl.scripts.common import (
     peft_config_or_none,
     run_step,
 )
+from rlhf_trl.steps import PPO
 
 HYPERPARAMETERS = [
     "learning_rate",
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
     final_metrics["rollout_backend"] = trainer.rollout_backend_in_use
     output.save_final(lambda folder: trainer.save_model(str(folder)))
     if trainer.accelerator.is_main_process:
-        finish_step(output, "ppo", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, PPO.name, parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

@@ -29,6 +29,7 @@ from rlhf_trl.scripts.common import (
     run_step,
     train_and_save_final,
 )
+from rlhf_trl.steps import REWARD
 
 HYPERPARAMETERS = [
     "learning_rate",
@@ -102,7 +103,7 @@ def main(argv=None) -> int:
             final_metrics["eval_pair_accuracy"] = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
             final_metrics["eval_mean_chosen_score"] = sum(chosen) / len(chosen)
             final_metrics["eval_mean_rejected_score"] = sum(rejected) / len(rejected)
-        finish_step(output, "reward", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, REWARD.name, parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

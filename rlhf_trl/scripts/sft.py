@@ -31,6 +31,7 @@ from rlhf_trl.scripts.common import (
     run_step,
     train_and_save_final,
 )
+from rlhf_trl.steps import SFT
 
 logger = logging.getLogger(__name__)
 
@@ -86,18 +87,18 @@ def gold_prompts(dataset, limit: int = 200) -> list:
 def mean_gold_score(
     gold_function, model, tokenizer, prompts: list, max_new_tokens: int = 32, accelerator=None
 ) -> float:
-    """Mean gold score of the model's greedy answers (generated in eval mode, as the chat command does); the gold
-    function receives TRL's forms, as a reward function does. ``model`` may be partitioned by ZeRO-3 (loaded under
-    ``zero.Init``, or the trainer's engine with ``accelerator``): generation sees the full weights."""
-    from rlhf_trl.generation import GenerationSettings, as_completions
-    from rlhf_trl.inference.chat import ChatSession
+    """Mean gold score of the model's greedy answers (generated in eval mode by ``rlhf_trl.generation.Generator``, as
+    chat and evaluation generate); the gold function receives TRL's forms, as a reward function does. ``model`` may
+    be partitioned by ZeRO-3 (loaded under ``zero.Init``, or the trainer's engine with ``accelerator``): generation
+    sees the full weights."""
+    from rlhf_trl.generation import GenerationSettings, Generator, as_completions
     from rlhf_trl.ppo.rollout import gathered_policy
 
     with gathered_policy(model, accelerator) as policy:
         was_training = policy.training
         policy.eval()
         settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=64)
-        completions = ChatSession(policy, tokenizer, settings).complete(list(prompts))
+        completions = Generator(policy, tokenizer, settings).complete(list(prompts))
         policy.train(was_training)
     scores = gold_function(prompts=list(prompts), completions=as_completions(prompts, completions))
     return float(sum(scores) / len(scores))
@@ -146,7 +147,7 @@ def main(argv=None) -> int:
             gold_function, trainer.model_wrapped, tokenizer, prompts, accelerator=trainer.accelerator
         )
     if trainer.accelerator.is_main_process:
-        finish_step(output, "sft", parsed, HYPERPARAMETERS, final_metrics, started)
+        finish_step(output, SFT.name, parsed, HYPERPARAMETERS, final_metrics, started)
     return 0
 
 

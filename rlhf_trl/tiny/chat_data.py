@@ -27,9 +27,11 @@ import tempfile
 from pathlib import Path
 
 from rlhf_trl.data import tiny_sort
+from rlhf_trl.steps import STEPS
 from rlhf_trl.tiny.chat_model import conversational_record
 
-STEP_FOLDERS = {1: "sft", 2: "reward", 3: "ppo"}
+# Each step's data set lives in a folder named after the step.
+STEP_FOLDERS = {step.number: step.name for step in STEPS}
 SPLIT_FILES = ("train.jsonl", "test.jsonl")
 STEP_DESCRIPTIONS = {
     1: "demonstrations (prompt/completion message lists) for supervised fine-tuning",

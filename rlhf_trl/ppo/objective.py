@@ -1,0 +1,100 @@
+"""PPOObjective: the loss of one micro-batch of a rollout, what PPO's update minimises."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from rlhf_trl.ppo import losses
+from rlhf_trl.ppo.masks import masked_mean
+from rlhf_trl.ppo.modeling import completion_logprobs, completion_values
+
+
+def non_finite(tensor: torch.Tensor, name: str) -> str | None:
+    """'policy loss is nan' when the scalar is NaN/inf, else None."""
+    return None if bool(torch.isfinite(tensor).all()) else f"{name} is {tensor.item()}"
+
+
+class PPOObjective:
+    """Clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, plus the KL penalty as a loss
+    (kl_in_reward off, weighted by the KL controller's coefficient) and the pretraining loss (ptx_coef > 0).
+
+    Args:
+        args: PPOConfig.
+        kl_controller: gives the KL coefficient.
+        tokenizer: the actor's tokenizer (encodes ptx texts).
+        ptx_texts: texts for PPO-ptx (None without).
+        device: where ptx batches go.
+    """
+
+    def __init__(self, args, kl_controller, tokenizer, ptx_texts: list[str] | None, device):
+        self.args = args
+        self.kl_controller = kl_controller
+        self.tokenizer = tokenizer
+        self.ptx_texts = ptx_texts
+        self.device = device
+
+    def __call__(self, model, policy, rollout, index, batch, prompt_length: int, micro_mask):
+        """model: the prepared policy-and-value model; policy: its unwrapped actor; rollout: the scored rollout with
+        advantages; index: [M] its rows in this micro-batch; batch: (input_ids, attention_mask, position_ids) of those
+        rows; micro_mask: [M, C] their loss mask. Returns (stats, loss, problem or None, blown_up): ``problem`` names
+        a NaN/inf loss, ``blown_up`` says the ratio or approximate KL passed its threshold."""
+        args = self.args
+        logits, values = model(*batch)
+        completion = rollout.completion_ids[index]
+        new_logprobs = completion_logprobs(logits, completion, prompt_length, args.temperature)
+        new_values = completion_values(values, prompt_length)
+        policy_loss, policy_stats = losses.policy_loss(
+            new_logprobs, rollout.logprobs[index], rollout.advantages[index], micro_mask, args.cliprange
+        )
+        value_loss, value_stats = losses.value_loss(
+            new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
+        )
+        problems = [non_finite(policy_loss, "policy loss"), non_finite(value_loss, "value loss")]
+        loss = policy_loss + args.vf_coef * value_loss
+        with torch.set_grad_enabled(args.entropy_coef > 0):
+            completion_logits = logits[:, prompt_length - 1 : -1]
+            entropy = masked_mean(losses.entropy_from_logits(completion_logits, args.temperature), micro_mask)
+        if args.entropy_coef:
+            loss = loss - args.entropy_coef * entropy
+        stats = {
+            "policy/loss": policy_loss.item(),
+            "value/loss": value_loss.item(),
+            "policy/entropy": entropy.item(),
+            "policy/approx_kl": policy_stats["approx_kl"].item(),
+            "policy/clip_fraction": policy_stats["clip_fraction"].item(),
+            "policy/ratio_mean": policy_stats["ratio_mean"].item(),
+            "policy/ratio_max": policy_stats["ratio_max"].item(),
+            "value/clip_fraction": value_stats["clip_fraction"].item(),
+        }
+        if not args.kl_in_reward:
+            kl_term = losses.kl_loss(new_logprobs, rollout.ref_logprobs[index], micro_mask, args.kl_loss_estimator)
+            loss = loss + self.kl_controller.value * kl_term
+            stats["policy/kl_loss"] = kl_term.item()
+        if args.ptx_coef > 0:
+            ptx_loss = self.ptx_loss(policy)
+            problems.append(non_finite(ptx_loss, "ptx loss"))
+            loss = loss + args.ptx_coef * ptx_loss
+            stats["ptx/loss"] = ptx_loss.item()
+        blown_up = stats["policy/ratio_max"] > args.ratio_threshold or (
+            args.approx_kl_threshold is not None and stats["policy/approx_kl"] > args.approx_kl_threshold
+        )
+        problem = next((problem for problem in problems if problem), None)
+        return stats, loss, problem, blown_up
+
+    def ptx_loss(self, policy) -> torch.Tensor:
+        """Language-modelling loss of the actor on a random micro-batch of ptx texts."""
+        args = self.args
+        texts = random.sample(self.ptx_texts, min(args.micro_batch_size, len(self.ptx_texts)))
+        batch = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            padding_side="right",
+            truncation=True,
+            max_length=args.max_prompt_length + args.max_new_tokens,
+        )
+        batch = batch.to(self.device)
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return policy(**batch, labels=labels).loss
