@@ -12,7 +12,7 @@ from rlhf_trl.ppo.modeling import completion_logprobs, completion_values, positi
 
 @torch.no_grad()
 def score_forwards(model, reference_logits, rollout: Rollout, args, policy_dtype: torch.dtype):
-    """Returns (logprobs [B, C] or None, ref_logprobs [B, C], values [B, C]).
+    """Returns (logprobs [B, C] or None, ref_logprobs [B, C], values [B, C] or None: no critic).
 
     model: the prepared policy-and-value model, in eval mode; reference_logits(input_ids, attention_mask,
     position_ids): the reference's logits; args: the PPOConfig (temperature, micro_batch_size,
@@ -35,8 +35,9 @@ def score_forwards(model, reference_logits, rollout: Rollout, args, policy_dtype
         logits, value = model(ids, mask, positions, with_logits=rollout.logprobs is None)
         if logits is not None:
             logprobs.append(completion_logprobs(logits, completion, prompt_length, args.temperature))
-        values.append(completion_values(value, prompt_length))
+        if value is not None:
+            values.append(completion_values(value, prompt_length))
         ref_logits = reference_logits(ids, mask, positions)
         ref_logprobs.append(completion_logprobs(ref_logits, completion, prompt_length, args.temperature))
         del logits, ref_logits
-    return torch.cat(logprobs) if logprobs else None, torch.cat(ref_logprobs), torch.cat(values)
+    return torch.cat(logprobs) if logprobs else None, torch.cat(ref_logprobs), torch.cat(values) if values else None

@@ -17,9 +17,11 @@ logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
 
 def check_tokenizer_and_critic(tokenizer, value_model) -> None:
-    """The actor's tokenizer needs a pad token distinct from EOS, and the critic the actor's vocabulary."""
+    """The actor's tokenizer needs a pad token distinct from EOS, and the critic (if any) the actor's vocabulary."""
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("the actor tokenizer needs a pad token distinct from EOS (see rlhf_trl.models)")
+    if value_model is None:
+        return
     critic_rows = value_model.get_input_embeddings().num_embeddings
     if critic_rows < len(tokenizer):
         raise ValueError(
@@ -64,7 +66,7 @@ def add_adapters(args, model, value_model, peft_config):
         return module
 
     model = get_peft_model(prepare(model), peft_config)
-    if args.critic_lora:
+    if args.critic_lora and value_model is not None:
         critic_config = replace_fields(peft_config, task_type="SEQ_CLS", modules_to_save=["score"])
         value_model = get_peft_model(prepare(value_model), critic_config)
     return model, value_model

@@ -54,12 +54,13 @@ class CriticValues(nn.Module):
 
 class PolicyAndValueWrapper(nn.Module):
     """Actor and critic in one module so Accelerate/DeepSpeed prepare a single engine with one optimizer whose two
-    parameter groups carry the actor's and the critic's learning rates."""
+    parameter groups carry the actor's and the critic's learning rates. ``value_model=None`` (an advantage estimator
+    without a critic): the wrapper holds the actor alone and returns no values."""
 
-    def __init__(self, policy: nn.Module, value_model: nn.Module):
+    def __init__(self, policy: nn.Module, value_model: nn.Module | None):
         super().__init__()
         self.policy = policy
-        self.critic = CriticValues(value_model)
+        self.critic = CriticValues(value_model) if value_model is not None else None
 
     def forward(self, input_ids, attention_mask, position_ids, with_values: bool = True, with_logits: bool = True):
         """-> (logits [B, L, V] or None, values [B, L] or None). ``with_logits=False`` skips the actor: scoring
@@ -67,7 +68,9 @@ class PolicyAndValueWrapper(nn.Module):
         logits = None
         if with_logits:
             logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-        values = self.critic(input_ids, attention_mask, position_ids) if with_values else None
+        values = None
+        if with_values and self.critic is not None:
+            values = self.critic(input_ids, attention_mask, position_ids)
         return logits, values
 
 

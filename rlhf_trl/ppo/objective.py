@@ -17,8 +17,9 @@ def non_finite(tensor: torch.Tensor, name: str) -> str | None:
 
 
 class PPOObjective:
-    """Clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, plus the KL penalty as a loss
-    (kl_in_reward off, weighted by the KL controller's coefficient) and the pretraining loss (ptx_coef > 0).
+    """Clipped policy loss (reduced as loss_type says) + vf_coef * clipped value loss (with a critic only)
+    - entropy_coef * entropy, plus the KL penalty as a loss (kl_in_reward off, weighted by the KL controller's
+    coefficient) and the pretraining loss (ptx_coef > 0).
 
     Args:
         args: PPOConfig.
@@ -44,15 +45,26 @@ class PPOObjective:
         logits, values = model(*batch)
         completion = rollout.completion_ids[index]
         new_logprobs = completion_logprobs(logits, completion, prompt_length, args.temperature)
-        new_values = completion_values(values, prompt_length)
         policy_loss, policy_stats = losses.policy_loss(
-            new_logprobs, rollout.logprobs[index], rollout.advantages[index], micro_mask, args.cliprange
+            new_logprobs,
+            rollout.logprobs[index],
+            rollout.advantages[index],
+            micro_mask,
+            args.cliprange,
+            loss_type=args.loss_type,
+            max_completion_length=args.max_new_tokens,
         )
-        value_loss, value_stats = losses.value_loss(
-            new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
-        )
-        problems = [non_finite(policy_loss, "policy loss"), non_finite(value_loss, "value loss")]
-        loss = policy_loss + args.vf_coef * value_loss
+        problems = [non_finite(policy_loss, "policy loss")]
+        loss = policy_loss
+        value_stats = {}
+        if values is not None:  # a critic: PPO's value loss
+            new_values = completion_values(values, prompt_length)
+            value_loss, value_stats = losses.value_loss(
+                new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
+            )
+            problems.append(non_finite(value_loss, "value loss"))
+            loss = loss + args.vf_coef * value_loss
+            value_stats["loss"] = value_loss
         with torch.set_grad_enabled(args.entropy_coef > 0):
             completion_logits = logits[:, prompt_length - 1 : -1]
             entropy = masked_mean(losses.entropy_from_logits(completion_logits, args.temperature), micro_mask)
@@ -60,14 +72,13 @@ class PPOObjective:
             loss = loss - args.entropy_coef * entropy
         stats = {
             "policy/loss": policy_loss.item(),
-            "value/loss": value_loss.item(),
             "policy/entropy": entropy.item(),
             "policy/approx_kl": policy_stats["approx_kl"].item(),
             "policy/clip_fraction": policy_stats["clip_fraction"].item(),
             "policy/ratio_mean": policy_stats["ratio_mean"].item(),
             "policy/ratio_max": policy_stats["ratio_max"].item(),
-            "value/clip_fraction": value_stats["clip_fraction"].item(),
         }
+        stats.update({f"value/{name}": value.item() for name, value in value_stats.items()})
         if not args.kl_in_reward:
             kl_term = losses.kl_loss(new_logprobs, rollout.ref_logprobs[index], micro_mask, args.kl_loss_estimator)
             loss = loss + self.kl_controller.value * kl_term

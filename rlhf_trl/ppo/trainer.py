@@ -1,7 +1,8 @@
 """PPOTrainer: DeepSpeed-Chat's step 3 as a TRL-style trainer on Accelerate.
 
 One PPO step = ``generate`` (the generator: a generation backend) -> ``score`` (actor, reference, critic forwards
-+ rewards) -> ``compute_advantages`` (KL-shaped rewards, GAE) -> ``update`` (clipped policy and value losses) -> log.
++ rewards) -> ``compute_advantages`` (KL-shaped rewards, GAE; or a critic-free estimator: GRPO, RLOO, REINFORCE++)
+-> ``update`` (clipped policy loss, and value loss with a critic) -> log.
 Each is a method that a subclass can override. The trainer holds collaborators that each own one job: the prompt
 set, the completion scorer (rewards), the evaluator (metrics), the run logger and the checkpoint manager.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 
 import numpy as np
@@ -18,6 +20,7 @@ import torch
 from rlhf_trl.generation import as_completions, completion_mask, completion_texts, has_eos
 from rlhf_trl.guards import InvalidRewardError, TrainingDivergedError, agree_on_micro_batch, check_gradient_norm
 from rlhf_trl.ppo import checkpoint as checkpoints
+from rlhf_trl.ppo import estimators
 from rlhf_trl.ppo.advantages import gae_advantages, kl_estimate, penalize_missing_eos, shape_scores, shaped_rewards
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.distributed import configure_deepspeed, prepare_frozen
@@ -41,7 +44,8 @@ __all__ = ["PPOTrainer", "TrainingDivergedError", "InvalidRewardError"]
 
 
 class PPOTrainer:
-    """PPO with an actor, a frozen reference, a critic and reward sources (reward model and/or functions).
+    """PPO with an actor, a frozen reference, a critic and reward sources (reward model and/or functions); without
+the critic for the advantage estimators that need none (``advantage_estimator``).
 
     Args:
         args: PPOConfig.
@@ -50,7 +54,8 @@ class PPOTrainer:
         ref_model: frozen reference; None -> a frozen copy of the actor, or the actor with adapters disabled (LoRA).
         reward_model: sequence-classification reward model (optional when reward_funcs are given).
         reward_processing_class: the reward model's tokenizer (defaults to ``processing_class``).
-        value_model: the critic, a sequence-classification model (DS-Chat: initialised from the reward model).
+        value_model: the critic, a sequence-classification model (DS-Chat: initialised from the reward model);
+            None for an advantage estimator without a critic (anything but gae).
         reward_funcs: callables ``f(prompts, completions, **columns) -> list[float]``.
         gold_funcs: callables of the same form measuring true quality; logged, never trained on.
         train_dataset / eval_dataset: datasets with a ``prompt`` column (text or conversational messages).
@@ -75,6 +80,13 @@ class PPOTrainer:
     ):
         self.args = args
         self.tokenizer = processing_class
+        if args.uses_critic and value_model is None:
+            raise ValueError(f"advantage_estimator {args.advantage_estimator} needs a critic: pass value_model")
+        if not args.uses_critic and value_model is not None:
+            raise ValueError(
+                f"advantage_estimator {args.advantage_estimator} uses no critic: pass value_model=None, so none is "
+                "held, trained or saved"
+            )
         check_tokenizer_and_critic(self.tokenizer, value_model)
         self.accelerator = build_accelerator(args)
         self.is_peft = peft_config is not None
@@ -129,7 +141,7 @@ class PPOTrainer:
         logger.info("rollout backend: %s", self.rollout_backend_in_use)
 
         self.state = {"global_step": 0, "consecutive_skips": 0, "episodes": 0}
-        self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "training_s": 0.0}
+        self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "training_s": 0.0, "step_s": 0.0}
         self.evaluator = Evaluator(
             self.accelerator,
             self.model,
@@ -192,7 +204,12 @@ class PPOTrainer:
         update_stats = self.update(rollout)
         self.generator.sync_weights()
         trained = time.perf_counter()
-        phases = {"generation_s": generated - started, "scoring_s": scored - generated, "training_s": trained - scored}
+        phases = {
+            "generation_s": generated - started,
+            "scoring_s": scored - generated,
+            "training_s": trained - scored,
+            "step_s": trained - started,
+        }
         self.state["global_step"] += 1
         self.state["episodes"] += len(rollout) * self.accelerator.num_processes
         metrics = self._step_metrics(rollout, update_stats, phases)
@@ -201,8 +218,10 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------------ generate
     def next_batch(self) -> dict:
-        """The next per-device batch of prompts, left-padded."""
-        return self.train_prompts.batch(self.sampler.next_indices())
+        """The next per-device batch of prompts, left-padded, each repeated num_generations times in adjacent rows
+        (a group). A process samples every completion of its prompts, so groups never span processes."""
+        group_size = self.args.num_generations
+        return self.train_prompts.batch([index for index in self.sampler.next_indices() for _ in range(group_size)])
 
     @torch.no_grad()
     def generate(self, batch: dict) -> Rollout:
@@ -243,7 +262,8 @@ class PPOTrainer:
 
     @torch.no_grad()
     def score(self, rollout: Rollout) -> None:
-        """Actor and reference log-probs, critic values and reward scores of a rollout (no gradients)."""
+        """Actor and reference log-probs, critic values (with a critic) and reward scores of a rollout (no
+        gradients)."""
         args = self.args
         self.model.eval()
         logprobs, rollout.ref_logprobs, values = score_forwards(
@@ -251,7 +271,8 @@ class PPOTrainer:
         )
         self.model.train()
         rollout.logprobs = logprobs if logprobs is not None else rollout.logprobs
-        rollout.values = values.float()  # GAE sums over the whole answer: bf16 would lose precision
+        # GAE sums over the whole answer: bf16 would lose precision. No critic: no values.
+        rollout.values = values.float() if values is not None else None
 
         step = self.state["global_step"]
         completions = as_completions(rollout.prompts, rollout.completions)
@@ -295,8 +316,12 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------------ advantages
     @torch.no_grad()
     def compute_advantages(self, rollout: Rollout) -> None:
-        """KL-shaped per-token rewards, then GAE advantages and returns."""
+        """KL-shaped per-token rewards, then GAE advantages and returns; or the advantages of a critic-free
+        estimator (estimators.compute_advantages)."""
         args = self.args
+        if args.advantage_estimator != "gae":
+            self._critic_free_advantages(rollout)
+            return
         mask = rollout.completion_mask.float()
         loss_mask = rollout.loss_mask()
         # Log-probs filled at padding before the estimator (k3 takes an exp): padding must not turn into NaN.
@@ -312,6 +337,29 @@ class PPOTrainer:
             advantages = masked_whiten(advantages, loss_mask)
         rollout.rewards, rollout.advantages, rollout.returns = rewards, advantages, returns
 
+    def _critic_free_advantages(self, rollout: Rollout) -> None:
+        """Advantages over this process's whole rollout, whose groups (num_generations adjacent rows) are intact.
+        The REINFORCE++ estimators whiten over this process's rollout, not over the batch of every process."""
+        args = self.args
+        mask = rollout.completion_mask.float()
+        logprobs = fill_padding(rollout.logprobs, mask)
+        ref_logprobs = fill_padding(rollout.ref_logprobs, mask)
+        rollout.kl = fill_padding(kl_estimate(logprobs, ref_logprobs, args.kl_estimator), mask)
+        kl_coef = self.kl_controller.value if args.kl_in_reward else 0.0
+        advantages, returns = estimators.compute_advantages(
+            args.advantage_estimator,
+            rollout.scores,
+            mask,
+            group_size=args.num_generations,
+            kl=rollout.kl,
+            kl_coef=kl_coef,
+            gamma=args.gamma,
+        )
+        if args.whiten_advantages:
+            advantages = masked_whiten(advantages, rollout.loss_mask())
+        rollout.rewards = estimators.token_rewards(rollout.scores, mask, rollout.kl, kl_coef)
+        rollout.advantages, rollout.returns = advantages, returns
+
     # ------------------------------------------------------------------------------------------------ update
     def update(self, rollout: Rollout) -> dict[str, float]:
         """PPO epochs over mini-batches of the rollout; returns mean statistics of the updates."""
@@ -323,6 +371,8 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {}
         skipped = 0
         for _ in range(args.num_ppo_epochs):
+            # Mini-batches may mix the completions of different prompts: every advantage was computed on the whole
+            # rollout before this split, so an estimator's groups need not stay together here.
             order = torch.randperm(len(rollout)).tolist()
             for mini in micro_batches(len(rollout), args.local_mini_batch_size):
                 for micro in micro_batches(mini.stop - mini.start, args.micro_batch_size):
@@ -375,13 +425,11 @@ class PPOTrainer:
         metrics.update(update_stats)
         metrics.update(self.scorer.logged_metrics())  # what reward functions logged with log_metric
         metrics.update({f"time/{name}": seconds for name, seconds in phases.items()})
-        metrics.update(
-            {
-                "lr/actor": self.scheduler.get_last_lr()[0],
-                "lr/critic": self.scheduler.get_last_lr()[-1],
-                "objective/kl_coef": self.kl_controller.value,
-            }
-        )
+        metrics["memory/peak_rss_mib"] = peak_rss_mib()
+        metrics["lr/actor"] = self.scheduler.get_last_lr()[0]
+        if self.accelerator.unwrap_model(self.model).critic is not None:
+            metrics["lr/critic"] = self.scheduler.get_last_lr()[-1]
+        metrics["objective/kl_coef"] = self.kl_controller.value
         self.kl_controller.update(metrics["objective/kl"], self.args.rollout_batch_size)
         step, args = self.state["global_step"], self.args
         evaluating = str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps"
@@ -424,5 +472,11 @@ class PPOTrainer:
         logger.info("resumed from %s at step %d", path, self.state["global_step"])
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Actor (full weights or LoRA adapter) to output_dir, critic to output_dir/critic, EMA to output_dir/ema."""
+        """Actor (full weights or LoRA adapter) to output_dir, critic (if any) to output_dir/critic, EMA to
+        output_dir/ema."""
         self.checkpoints.save_model(self.model, self.tokenizer, output_dir or self.args.output_dir)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
