@@ -139,10 +139,8 @@ def test_each_variant_is_complete_and_chains_its_own_outputs(folder):
     holds only e2e flags."""
     from rlhf_trl.scripts.e2e import parse_arguments, recipe_dir
 
-    algorithm_files = set(algorithm_yamls())
-    variants = {
-        step_and_variant(path)[1] for path in folder.glob("*.yaml") if path.stem != "e2e" and path not in algorithm_files
-    }
+    step_files = [path for path in folder.glob("*.yaml") if path.stem != "e2e" and path not in algorithm_yamls()]
+    variants = {step_and_variant(path)[1] for path in step_files}
     for variant in variants:
         recipe_dir(str(folder), variant)  # exits with an error naming the missing files
         sft, reward, ppo = (read_yaml(recipe_path(folder.name, step, variant)) for step in STEPS)

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from rlhf_trl.launch import DEPLOYMENT_TYPES, ZERO_STAGES
 from rlhf_trl.models import TINY_BASE
-from rlhf_trl.ppo.estimators import ADVANTAGE_ESTIMATORS
 from rlhf_trl.output_dir import (
     OutputDirError,
     OutputLock,
@@ -28,6 +27,7 @@ from rlhf_trl.output_dir import (
     move_aside,
     visible_contents,
 )
+from rlhf_trl.ppo.estimators import ADVANTAGE_ESTIMATORS
 from rlhf_trl.redaction import redact_argv
 from rlhf_trl.scripts.step_progress import MetricsFollower, progress_line
 from rlhf_trl.steps import BY_NUMBER, STEP_NUMBERS, STEPS, Step
