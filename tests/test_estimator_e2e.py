@@ -39,7 +39,7 @@ def test_every_estimator_raises_the_gold_score_over_sft(tiny_sft_and_reward_dir)
         assert (run_dir / "critic").exists() == (name in ESTIMATORS_NEEDING_CRITIC), name
         assert final["memory/peak_rss_mib"] > 0 and final["time/mean_step_s"] > 0
     print("held-out gold score, SFT", round(sft_gold, 4), {name: round(gold, 4) for name, gold in results.items()})
-    # Measured on seed 42 (SFT 0.789): gae 0.811, grpo 0.823, dr_grpo 0.827, rloo 0.818, reinforce_pp 0.837,
-    # reinforce_pp_baseline 0.814.
+    # Measured (SFT 0.789): gae 0.844, grpo 0.824, dr_grpo 0.820, rloo 0.827, reinforce_pp 0.819,
+    # reinforce_pp_baseline 0.831; two runs of the same tree differed by up to 0.03 per estimator.
     risen = {name: gold for name, gold in results.items() if gold > sft_gold + 0.01}
     assert risen == results, f"SFT {sft_gold:.4f}: {results}"
