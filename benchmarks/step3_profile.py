@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-from rlhf_trl.bench.step3 import Preset, append_section, build_models, build_tokenizer, opt_config, random_prompts
-from rlhf_trl.bench.step3 import device_description as bench_device_description
+from rlhf_trl.bench.step3 import append_section
+from rlhf_trl.bench.workloads import Preset, build_models, build_tokenizer, opt_config, random_prompts
+from rlhf_trl.bench.workloads import device_description as bench_device_description
 
 WORKLOADS = ("shared", "demo")
 # (recompute_rollout_logprobs, packed?): as before; log-probs from generation; and packed scoring too.

@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from local_server import LocalServer
 
 REVISION = "c0ffee" * 6 + "c0fe"  # one fixed 40-hex commit: every revision name resolves to it
 
 
-class DatasetHub:
+class DatasetHub(LocalServer):
     """Serves ``/api/datasets/<id>/revision|tree|paths-info/<rev>`` and ``/datasets/<id>/resolve/<rev>/<file>``.
 
     ``requests`` records (method, path) of every call, so a test can tell that a later load made none.
@@ -29,18 +29,7 @@ class DatasetHub:
     def __init__(self, repos: dict[str, Path]):
         self.repos = {repo_id: Path(folder) for repo_id, folder in repos.items()}
         self.requests: list[tuple[str, str]] = []
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> DatasetHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(self._handler_class())
 
     def _files(self, repo_id: str) -> list[str]:
         folder = self.repos[repo_id]

@@ -10,14 +10,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import torch
 import yaml
+from local_server import LocalServer
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load as load_safetensors
 from transformers import OPTForCausalLM
@@ -32,7 +32,7 @@ STEP_SECRET = "hf_StepSecret0123456789abcdef"
 MAX_REQUESTS = 50  # a push is a handful of calls; more means a retry loop
 
 
-class FakeHub:
+class FakeHub(LocalServer):
     """Just enough of the Hub API for ``create_repo`` and ``upload_folder``; records every request.
 
     ``failures`` maps an endpoint name (create, validate, preupload, commit) to the HTTP status it answers with.
@@ -45,18 +45,7 @@ class FakeHub:
         self.created: list[dict] = []
         self.commits: list[dict] = []
         self.files: dict[str, bytes] = {}
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeHub:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(self._handler_class())
 
     def endpoint_name(self, path: str) -> str:
         parts = path.strip("/").split("/")

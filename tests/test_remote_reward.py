@@ -10,9 +10,10 @@ import sys
 import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from local_server import LocalServer
 from ppo_helpers import build
 
 from rlhf_trl.reward.functions import RewardFunction
@@ -24,7 +25,7 @@ PROMPTS = ["Human: sort 3 1 2 Assistant:", "Human: sort 5 4 Assistant:"]
 COMPLETIONS = [" 1 2 3", " 4 5 9"]
 
 
-class ScriptedServer:
+class ScriptedServer(LocalServer):
     """A server answering with a script of (status, body) replies, the last repeated; it records each request."""
 
     def __init__(self, replies, delay_s: float = 0.0):
@@ -47,16 +48,8 @@ class ScriptedServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/score"
-
-    def __enter__(self):
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
+        self.url = f"{self.endpoint}/score"
 
 
 def free_port() -> int:

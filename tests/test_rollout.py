@@ -19,13 +19,12 @@ from transformers import (
 from rlhf_trl.generation import pad_after_end
 from rlhf_trl.ppo.deepspeed_engine import resolve_generation_config, rollout_engine_limitation, sampling_config_from
 from rlhf_trl.ppo.modeling import PolicyAndValueWrapper
-from rlhf_trl.ppo.rollout import HFRollout
+from rlhf_trl.ppo.rollout import HFRollout, build_rollout
 from rlhf_trl.ppo.rollout_deepspeed import (
     DEEPSPEED_WITHOUT_KERNELS,
     HF_FALLBACK,
     KERNELS,
     DeepSpeedRollout,
-    build_rollout,
 )
 from rlhf_trl.tiny.model import build_config, build_tokenizer
 

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from rlhf_trl.bench.memory_child import run_child
+from rlhf_trl.bench.step3 import append_section
 from rlhf_trl.steps import BY_NAME, STEP_NAMES
 
 MODES = {"full": "{step}.yaml", "8bit-lora": "{step}-8bit-lora.yaml"}
@@ -269,13 +270,6 @@ def format_section(result: dict, command: str, when: datetime.datetime) -> str:
         "start-up and loading.\n\n"
         f"{table}\n"
     )
-
-
-def append_section(path: Path, section: str) -> None:
-    if not path.exists():
-        path.write_text("# Benchmarks\n\nNewest last.\n")
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write("\n" + section)
 
 
 def make_parser() -> argparse.ArgumentParser:

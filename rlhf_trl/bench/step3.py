@@ -201,8 +201,9 @@ def format_section(result: dict, command: str, when: datetime.datetime) -> str:
 
 
 def append_section(path: Path, section: str) -> None:
+    """Add a markdown section at the end of a benchmarks file (created with a heading when missing)."""
     if not path.exists():
-        path.write_text("# Benchmarks\n\nAppended by `rlhf-trl bench`; newest last.\n")
+        path.write_text("# Benchmarks\n\nNewest last.\n")
     with path.open("a", encoding="utf-8") as handle:
         handle.write("\n" + section)
 

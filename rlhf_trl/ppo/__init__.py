@@ -1,1 +1,1 @@
-"""PPO for language models: losses (pure functions), rollout backends and the trainer."""
+"""PPO for language models: the trainer and its collaborators, the maths as pure functions, rollout backends."""

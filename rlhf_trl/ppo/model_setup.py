@@ -100,7 +100,7 @@ def ready_models(args, model, value_model, ref_model, reward_model, peft_config)
 
 def build_generator(args, model, tokenizer, generation_config, accelerator):
     """The generation backend ``args.rollout_backend`` names, over the prepared ``model``."""
-    from rlhf_trl.ppo.rollout_deepspeed import build_rollout
+    from rlhf_trl.ppo.rollout import build_rollout
 
     options = {}
     if args.rollout_backend == "deepspeed":

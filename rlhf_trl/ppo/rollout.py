@@ -134,3 +134,20 @@ class HFRollout(RolloutBackend):
             for step, step_logits in enumerate(output.logits)
         ]
         return completion_ids, torch.cat(logprobs, dim=1)
+
+
+def build_rollout(
+    name: str, model, tokenizer, generation_config: GenerationConfig, accelerator=None, **options
+) -> RolloutBackend:
+    """Build the rollout backend called ``name`` (one of ``ppo.config.ROLLOUT_BACKENDS``); ``options`` go to the
+    DeepSpeed backend. A new backend subclasses RolloutBackend and gets its entry here and in ROLLOUT_BACKENDS."""
+    from rlhf_trl.ppo.rollout_deepspeed import DeepSpeedRollout  # imports deepspeed: only when asked for
+
+    backends = {HFRollout.name: HFRollout, DeepSpeedRollout.name: DeepSpeedRollout}
+    if name not in backends:
+        raise ValueError(f"Unknown rollout backend {name!r}; choose one of: {', '.join(sorted(backends))}.")
+    if name == HFRollout.name:
+        if options:
+            raise ValueError(f"The 'hf' rollout backend takes no options; got {', '.join(sorted(options))}.")
+        return HFRollout(model, tokenizer, generation_config, accelerator)
+    return DeepSpeedRollout(model, tokenizer, generation_config, accelerator, **options)

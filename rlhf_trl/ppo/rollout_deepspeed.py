@@ -315,17 +315,3 @@ class DeepSpeedRollout(RolloutBackend):
             return  # nothing cached, or the trainer's own hybrid engine, which refreshes itself in step()
         for container in self.engine._inference_containers:
             container.reset_params()
-
-
-def build_rollout(
-    name: str, model, tokenizer, generation_config: GenerationConfig, accelerator=None, **options
-) -> RolloutBackend:
-    """Build the rollout backend called ``name`` ("hf" or "deepspeed"); ``options`` go to the DeepSpeed backend."""
-    backends = {HFRollout.name: HFRollout, DeepSpeedRollout.name: DeepSpeedRollout}
-    if name not in backends:
-        raise ValueError(f"Unknown rollout backend {name!r}; choose one of: {', '.join(sorted(backends))}.")
-    if name == HFRollout.name:
-        if options:
-            raise ValueError(f"The 'hf' rollout backend takes no options; got {', '.join(sorted(options))}.")
-        return HFRollout(model, tokenizer, generation_config, accelerator)
-    return DeepSpeedRollout(model, tokenizer, generation_config, accelerator, **options)

@@ -253,28 +253,6 @@ def build_opt_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=backend, **OPT_SPECIAL_TOKENS)
 
 
-def _opt_config(tokenizer, projected: bool, hidden_size: int, layers: int):
-    from transformers import OPTConfig
-
-    return OPTConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        # OPT-350m embeds in a smaller space (project_in/project_out) and normalises after each block; the other
-        # sizes (1.3b, 13b, ...) embed at the hidden size and normalise before.
-        word_embed_proj_dim=hidden_size // 2 if projected else hidden_size,
-        do_layer_norm_before=not projected,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        ffn_dim=4 * hidden_size,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        dropout=0.1,  # as the real checkpoints: the recipes must turn it off where DS-Chat does
-        attention_dropout=0.0,
-    )
-
-
 # The layouts build_tiny_random_model can write, with the real checkpoints each stands in for.
 RANDOM_FAMILIES = {
     "opt": "facebook/opt-1.3b, opt-6.7b, opt-13b layout (pre-norm, embeddings at the hidden size)",
@@ -295,8 +273,14 @@ def build_tiny_random_model(
     if family.startswith("opt"):
         from transformers import OPTForCausalLM
 
+        from rlhf_trl.tiny.model import build_config as build_opt_config
+
         tokenizer = build_opt_tokenizer()
-        model = OPTForCausalLM(_opt_config(tokenizer, family == "opt-350m", hidden_size, layers))
+        # dropout as the real checkpoints have it: the recipes must turn it off where DS-Chat does
+        opt_config = build_opt_config(
+            tokenizer, hidden_size, layers, max_positions=1024, dropout=0.1, projected=family == "opt-350m"
+        )
+        model = OPTForCausalLM(opt_config)
     else:
         tokenizer = build_chat_tokenizer(family)
         config = build_config(tokenizer, family, hidden_size=hidden_size, layers=layers)

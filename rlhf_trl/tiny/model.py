@@ -32,19 +32,32 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def build_config(tokenizer: PreTrainedTokenizerFast, hidden_size: int = 64, layers: int = 2) -> OPTConfig:
+def build_config(
+    tokenizer: PreTrainedTokenizerFast,
+    hidden_size: int = 64,
+    layers: int = 2,
+    *,
+    max_positions: int = 64,
+    dropout: float = 0.0,
+    projected: bool = False,
+) -> OPTConfig:
+    """A small OPT config for ``tokenizer``. ``projected``: OPT-350m's layout, which embeds in a smaller space
+    (project_in/project_out) and normalises after each block; the other sizes (1.3b, 13b, ...) embed at the hidden
+    size and normalise before. A tokenizer without a BOS token begins sequences with its EOS, as OPT does."""
+    bos_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     return OPTConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        word_embed_proj_dim=hidden_size,
+        word_embed_proj_dim=hidden_size // 2 if projected else hidden_size,
+        do_layer_norm_before=not projected,
         num_hidden_layers=layers,
         num_attention_heads=4,
         ffn_dim=4 * hidden_size,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.eos_token_id,
-        dropout=0.0,
+        bos_token_id=bos_token_id,
+        dropout=dropout,
         attention_dropout=0.0,
         activation_dropout=0.0,
     )
