@@ -47,19 +47,19 @@ class PPOTrainer:
     """PPO with an actor, a frozen reference, a critic and reward sources (reward model and/or functions); without
     the critic for the advantage estimators that need none (``advantage_estimator``).
 
-        Args:
-            args: PPOConfig.
-            processing_class: the actor's tokenizer (needs a pad token distinct from EOS).
-            model: the actor (from SFT), a PreTrainedModel; wrapped with LoRA when ``peft_config`` is given.
-            ref_model: frozen reference; None -> a frozen copy of the actor, or the actor with adapters disabled (LoRA).
-            reward_model: sequence-classification reward model (optional when reward_funcs are given).
-            reward_processing_class: the reward model's tokenizer (defaults to ``processing_class``).
-            value_model: the critic, a sequence-classification model (DS-Chat: initialised from the reward model);
-                None for an advantage estimator without a critic (anything but gae).
-            reward_funcs: callables ``f(prompts, completions, **columns) -> list[float]``.
-            gold_funcs: callables of the same form measuring true quality; logged, never trained on.
-            train_dataset / eval_dataset: datasets with a ``prompt`` column (text or conversational messages).
-            ptx_dataset: texts (``text`` column) for PPO-ptx.
+    Args:
+        args: PPOConfig.
+        processing_class: the actor's tokenizer (needs a pad token distinct from EOS).
+        model: the actor (from SFT), a PreTrainedModel; wrapped with LoRA when ``peft_config`` is given.
+        ref_model: frozen reference; None -> a frozen copy of the actor, or the actor with adapters disabled (LoRA).
+        reward_model: sequence-classification reward model (optional when reward_funcs are given).
+        reward_processing_class: the reward model's tokenizer (defaults to ``processing_class``).
+        value_model: the critic, a sequence-classification model (DS-Chat: initialised from the reward model);
+            None for an advantage estimator without a critic (anything but gae).
+        reward_funcs: callables ``f(prompts, completions, **columns) -> list[float]``.
+        gold_funcs: callables of the same form measuring true quality; logged, never trained on.
+        train_dataset / eval_dataset: datasets with a ``prompt`` column (text or conversational messages).
+        ptx_dataset: texts (``text`` column) for PPO-ptx.
     """
 
     def __init__(
