@@ -8,7 +8,7 @@ import torch
 
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.masks import masked_mean
-from rlhf_trl.ppo.modeling import completion_logprobs, completion_values
+from rlhf_trl.ppo.modeling import completion_logits, completion_logprobs, completion_values
 
 
 def non_finite(tensor: torch.Tensor, name: str) -> str | None:
@@ -42,9 +42,10 @@ class PPOObjective:
         rows; micro_mask: [M, C] their loss mask. Returns (stats, loss, problem or None, blown_up): ``problem`` names
         a NaN/inf loss, ``blown_up`` says the ratio or approximate KL passed its threshold."""
         args = self.args
-        logits, values = model(*batch)
         completion = rollout.completion_ids[index]
-        new_logprobs = completion_logprobs(logits, completion, prompt_length, args.temperature)
+        # The head runs on the answer's positions only (the C+1 last): the prompt's logits are never read.
+        logits, values = model(*batch, logits_to_keep=completion.shape[1] + 1)
+        new_logprobs = completion_logprobs(logits, completion, args.temperature)
         policy_loss, policy_stats = losses.policy_loss(
             new_logprobs,
             rollout.logprobs[index],
@@ -66,8 +67,8 @@ class PPOObjective:
             loss = loss + args.vf_coef * value_loss
             value_stats["loss"] = value_loss
         with torch.set_grad_enabled(args.entropy_coef > 0):
-            completion_logits = logits[:, prompt_length - 1 : -1]
-            entropy = masked_mean(losses.entropy_from_logits(completion_logits, args.temperature), micro_mask)
+            answer_logits = completion_logits(logits, completion.shape[1])
+            entropy = masked_mean(losses.entropy_from_logits(answer_logits, args.temperature), micro_mask)
         if args.entropy_coef:
             loss = loss - args.entropy_coef * entropy
         stats = {

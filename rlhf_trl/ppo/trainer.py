@@ -31,7 +31,7 @@ from rlhf_trl.ppo.forwards import score_forwards
 from rlhf_trl.ppo.kl_control import build_kl_controller
 from rlhf_trl.ppo.masks import fill_padding, masked_whiten
 from rlhf_trl.ppo.model_setup import build_accelerator, build_generator, check_tokenizer_and_critic, ready_models
-from rlhf_trl.ppo.modeling import PolicyAndValueWrapper, position_ids_from_mask
+from rlhf_trl.ppo.modeling import PolicyAndValueWrapper, causal_lm_logits, position_ids_from_mask
 from rlhf_trl.ppo.objective import PPOObjective
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
 from rlhf_trl.ppo.run_logger import RunLogger
@@ -253,12 +253,12 @@ class PPOTrainer:
         )
 
     # ------------------------------------------------------------------------------------------------ score
-    def _reference_logits(self, input_ids, attention_mask, position_ids):
+    def _reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0):
         if self.ref_model is not None:
-            return self.ref_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return causal_lm_logits(self.ref_model, input_ids, attention_mask, position_ids, logits_to_keep)
         # LoRA: the reference is the same base with the adapters switched off, so no second copy is held.
         with self.policy.disable_adapter():
-            return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return causal_lm_logits(self.policy, input_ids, attention_mask, position_ids, logits_to_keep)
 
     @torch.no_grad()
     def score(self, rollout: Rollout) -> None:
