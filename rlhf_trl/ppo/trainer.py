@@ -17,11 +17,11 @@ import time
 import numpy as np
 import torch
 
-from rlhf_trl.generation import as_completions, completion_mask, completion_texts, has_eos
+from rlhf_trl.generation import as_completions, has_eos
 from rlhf_trl.guards import InvalidRewardError, TrainingDivergedError, agree_on_micro_batch, check_gradient_norm
 from rlhf_trl.ppo import checkpoint as checkpoints
 from rlhf_trl.ppo import estimators
-from rlhf_trl.ppo.advantages import gae_advantages, kl_estimate, penalize_missing_eos, shape_scores, shaped_rewards
+from rlhf_trl.ppo.advantages import penalize_missing_eos, shape_scores
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.distributed import configure_deepspeed, prepare_frozen
 from rlhf_trl.ppo.ema import ema_update
@@ -29,7 +29,6 @@ from rlhf_trl.ppo.evaluator import Evaluator
 from rlhf_trl.ppo.experience import PromptSampler, PromptSet, Rollout, ScoreNormalizer, micro_batches
 from rlhf_trl.ppo.forwards import score_forwards
 from rlhf_trl.ppo.kl_control import build_kl_controller
-from rlhf_trl.ppo.masks import fill_padding, masked_whiten
 from rlhf_trl.ppo.model_setup import build_accelerator, build_generator, check_tokenizer_and_critic, ready_models
 from rlhf_trl.ppo.modeling import PolicyAndValueWrapper, causal_lm_logits, position_ids_from_mask
 from rlhf_trl.ppo.objective import PPOObjective
@@ -80,14 +79,7 @@ class PPOTrainer:
     ):
         self.args = args
         self.tokenizer = processing_class
-        if args.uses_critic and value_model is None:
-            raise ValueError(f"advantage_estimator {args.advantage_estimator} needs a critic: pass value_model")
-        if not args.uses_critic and value_model is not None:
-            raise ValueError(
-                f"advantage_estimator {args.advantage_estimator} uses no critic: pass value_model=None, so none is "
-                "held, trained or saved"
-            )
-        check_tokenizer_and_critic(self.tokenizer, value_model)
+        check_tokenizer_and_critic(self.tokenizer, value_model, args)
         self.accelerator = build_accelerator(args)
         self.is_peft = peft_config is not None
         model, value_model, self.ref_model, self.ema = ready_models(
@@ -233,24 +225,7 @@ class PPOTrainer:
             completion_ids, rollout_logprobs = self.generator.generate_with_logprobs(
                 batch["prompt_ids"], batch["prompt_mask"], self.args.temperature
             )
-        if completion_ids.shape[1] == 0:  # every sequence stopped at once; keep one pad column so shapes hold
-            rollout_logprobs = None
-            completion_ids = torch.full(
-                (completion_ids.shape[0], 1), self.tokenizer.pad_token_id, device=completion_ids.device
-            )
-        mask = completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-        completion_ids = completion_ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
-        completions = completion_texts(self.tokenizer, batch["prompt_ids"], completion_ids)
-        return Rollout(
-            prompts=batch["prompts"],
-            columns=batch["columns"],
-            prompt_ids=batch["prompt_ids"],
-            prompt_mask=batch["prompt_mask"],
-            completion_ids=completion_ids,
-            completion_mask=mask,
-            completions=completions,
-            logprobs=rollout_logprobs.float() if rollout_logprobs is not None else None,
-        )
+        return Rollout.from_generation(batch, completion_ids, rollout_logprobs, self.tokenizer)
 
     # ------------------------------------------------------------------------------------------------ score
     def _reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0):
@@ -284,20 +259,14 @@ class PPOTrainer:
         rollout.raw_scores, rollout.score_parts = raw, parts
         ended = has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).cpu()
         if args.score_normalization != "none":
-            self._update_normalizer(penalize_missing_eos(raw, ended, args.missing_eos_penalty), rollout.valid)
+            penalized = penalize_missing_eos(raw, ended, args.missing_eos_penalty)
+            self.score_normalizer.update_from_processes(penalized, rollout.valid, self.accelerator)
         scores = shape_scores(
             raw, ended, args.missing_eos_penalty, self.score_normalizer.statistics(), args.reward_clip
         )
         rollout.scores = scores.to(self.accelerator.device)
         if self.scorer.gold is not None:
             rollout.gold_scores = self.scorer.gold_scores(rollout.prompts, completions, rollout.columns, step)
-
-    def _update_normalizer(self, scores: torch.Tensor, valid: torch.Tensor) -> None:
-        """Running/reference score statistics from every process's valid scores."""
-        device = self.accelerator.device
-        gathered = self.accelerator.gather(scores.to(device)).cpu()
-        gathered_valid = self.accelerator.gather(valid.to(device)).cpu().bool()
-        self.score_normalizer.update(gathered[gathered_valid])
 
     def _measure_reference_scores(self) -> None:
         """score_normalization='reference': fix mean/std once from samples of the untrained (reference) policy."""
@@ -307,7 +276,7 @@ class PPOTrainer:
         scores, _, valid = self.scorer.rewards(
             rollout.prompts, completions, rollout.columns, rollout.completion_ids, self.state["global_step"]
         )
-        self._update_normalizer(scores, valid)
+        self.score_normalizer.update_from_processes(scores, valid, self.accelerator)
         self.sampler.load_state_dict(saved_sampler)
         logger.info(
             "reference score normalisation: mean %.4f std %.4f", self.score_normalizer.mean, self.score_normalizer.std
@@ -316,49 +285,19 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------------ advantages
     @torch.no_grad()
     def compute_advantages(self, rollout: Rollout) -> None:
-        """KL-shaped per-token rewards, then GAE advantages and returns; or the advantages of a critic-free
-        estimator (estimators.compute_advantages)."""
-        args = self.args
-        if args.advantage_estimator != "gae":
-            self._critic_free_advantages(rollout)
-            return
-        mask = rollout.completion_mask.float()
-        loss_mask = rollout.loss_mask()
-        # Log-probs filled at padding before the estimator (k3 takes an exp): padding must not turn into NaN.
-        logprobs = fill_padding(rollout.logprobs, mask)
-        ref_logprobs = fill_padding(rollout.ref_logprobs, mask)
-        rollout.kl = fill_padding(kl_estimate(logprobs, ref_logprobs, args.kl_estimator), mask)
-        kl_coef = self.kl_controller.value if args.kl_in_reward else 0.0
-        rewards = shaped_rewards(rollout.scores, rollout.kl, mask, kl_coef)
-        if args.whiten_rewards:
-            rewards = masked_whiten(rewards, loss_mask, shift_mean=False)
-        advantages, returns = gae_advantages(rollout.values, rewards, mask, args.gamma, args.lam)
-        if args.whiten_advantages:
-            advantages = masked_whiten(advantages, loss_mask)
-        rollout.rewards, rollout.advantages, rollout.returns = rewards, advantages, returns
-
-    def _critic_free_advantages(self, rollout: Rollout) -> None:
-        """Advantages over this process's whole rollout, whose groups (num_generations adjacent rows) are intact.
-        The REINFORCE++ estimators whiten over this process's rollout, not over the batch of every process."""
-        args = self.args
-        mask = rollout.completion_mask.float()
-        logprobs = fill_padding(rollout.logprobs, mask)
-        ref_logprobs = fill_padding(rollout.ref_logprobs, mask)
-        rollout.kl = fill_padding(kl_estimate(logprobs, ref_logprobs, args.kl_estimator), mask)
-        kl_coef = self.kl_controller.value if args.kl_in_reward else 0.0
-        advantages, returns = estimators.compute_advantages(
-            args.advantage_estimator,
+        """Per-token KL, rewards, advantages and returns of the rollout (estimators.rollout_advantages): GAE with the
+        critic's values, or a critic-free estimator over this process's intact groups."""
+        kl_coef = self.kl_controller.value if self.args.kl_in_reward else 0.0
+        rollout.kl, rollout.rewards, rollout.advantages, rollout.returns = estimators.rollout_advantages(
             rollout.scores,
-            mask,
-            group_size=args.num_generations,
-            kl=rollout.kl,
-            kl_coef=kl_coef,
-            gamma=args.gamma,
+            rollout.values,
+            rollout.logprobs,
+            rollout.ref_logprobs,
+            rollout.completion_mask.float(),
+            rollout.loss_mask(),
+            self.args,
+            kl_coef,
         )
-        if args.whiten_advantages:
-            advantages = masked_whiten(advantages, rollout.loss_mask())
-        rollout.rewards = estimators.token_rewards(rollout.scores, mask, rollout.kl, kl_coef)
-        rollout.advantages, rollout.returns = advantages, returns
 
     # ------------------------------------------------------------------------------------------------ update
     def update(self, rollout: Rollout) -> dict[str, float]:
