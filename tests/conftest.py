@@ -71,3 +71,21 @@ def tiny_chat_reward_dir(tmp_path_factory, tiny_chat_dir):
     model.save_pretrained(path)
     AutoTokenizer.from_pretrained(tiny_chat_dir).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_and_reward_dir(tmp_path_factory):
+    """Steps 1 and 2 of the tiny recipe, as ``rlhf-trl e2e --step 1 2`` runs them: a folder holding step1_sft and
+    step2_reward (and e2e_summary.json with the base and SFT gold scores), shared by step-3 tests."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny-e2e")
+    output = root / "run"
+    environment = {**os.environ, "RLHF_TRL_CACHE": str(root / "cache"), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "rlhf_trl.cli", "e2e", "--recipe", "tiny", "--step", "1", "2", "--samples", "0"]
+    result = subprocess.run(
+        [*command, "--output-dir", str(output)], env=environment, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return output

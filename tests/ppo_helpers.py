@@ -32,20 +32,27 @@ def config(tmp_path, **overrides):
         lr_scheduler_type="constant",
         seed=0,
     )
+    if overrides.get("advantage_estimator", "gae") != "gae":
+        del values["critic_learning_rate"]  # refused without a critic
     values.update(overrides)
     return PPOConfig(**values)
+
+
+# Arguments of build() that are not PPOConfig fields.
+BUILD_ONLY = ("peft_config", "reward_funcs", "ptx_dataset")
 
 
 def build(tmp_path, base_dir, reward_dir, train=None, reward_model=True, **overrides):
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     actor = AutoModelForCausalLM.from_pretrained(base_dir)
-    critic = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1)
+    args = config(tmp_path, **{key: value for key, value in overrides.items() if key not in BUILD_ONLY})
+    critic = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1) if args.uses_critic else None
     reward = AutoModelForSequenceClassification.from_pretrained(reward_dir, num_labels=1) if reward_model else None
     peft_config = overrides.pop("peft_config", None)
     reward_funcs = overrides.pop("reward_funcs", None)
     ptx_dataset = overrides.pop("ptx_dataset", None)
     return PPOTrainer(
-        args=config(tmp_path, **overrides),
+        args=args,
         processing_class=tokenizer,
         model=actor,
         value_model=critic,

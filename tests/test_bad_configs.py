@@ -159,7 +159,68 @@ NAMED_CASES = [
     ("sft", ["--max_train_samples", "0"], "max_train_samples"),
     ("sft", ["--data_split_seed", "-1"], "data_split_seed"),
     ("sft", ["--no_such_flag", "1"], "no_such_flag"),
+    # Advantage estimators: unknown names, groups of one, settings that only apply to another estimator.
+    ("ppo", ["--advantage_estimator", "ppo"], "advantage_estimator"),
+    ("ppo", ["--loss_type", "sum"], "loss_type"),
+    ("ppo", ["--advantage_estimator", "grpo"], "num_generations"),
+    ("ppo", ["--advantage_estimator", "dr_grpo", "--num_generations", "1"], "num_generations"),
+    ("ppo", ["--advantage_estimator", "rloo"], "num_generations"),
+    ("ppo", ["--advantage_estimator", "reinforce_pp_baseline"], "num_generations"),
+    *[
+        ("ppo", ["--advantage_estimator", estimator, "--num_generations", "2", *flags], flags[0][2:])
+        for estimator in ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+        for flags in (
+            ["--vf_coef", "0.5"],
+            ["--cliprange_value", "0.3"],
+            ["--critic_learning_rate", "1e-5"],
+            ["--critic_lr_scheduler_type", "cosine"],
+            ["--value_model_path", MISSING_MODEL],
+            ["--critic_lora", "false"],
+            ["--lam", "0.9"],
+            ["--whiten_rewards", "true"],
+        )
+    ],
+    ("ppo", ["--advantage_estimator", "grpo", "--num_generations", "2", "--gamma", "0.9"], "gamma"),
+    ("ppo", ["--advantage_estimator", "rloo", "--num_generations", "2", "--gamma", "0.9"], "gamma"),
+    ("ppo", ["--advantage_estimator", "grpo", "--num_generations", "2", "--kl_in_reward", "true"], "kl_in_reward"),
+    ("ppo", ["--advantage_estimator", "dr_grpo", "--num_generations", "2", "--kl_in_reward"], "kl_in_reward"),
+    (
+        "ppo",
+        ["--num_generations", "2", "--per_device_train_batch_size", "3", "--num_mini_batches", "2"],
+        "num_mini_batches",
+    ),
+    (
+        "ppo",
+        [
+            "--advantage_estimator",
+            "grpo",
+            "--num_generations",
+            "3",
+            "--per_device_train_batch_size",
+            "2",
+            "--gradient_accumulation_steps",
+            "4",
+        ],
+        "gradient_accumulation_steps",
+    ),  # fmt: skip
 ]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--advantage_estimator", "reinforce_pp", "--gamma", "0.9"],
+        ["--advantage_estimator", "rloo", "--num_generations", "2", "--kl_in_reward", "false", "--kl_coef", "0.2"],
+        ["--advantage_estimator", "grpo", "--num_generations", "2", "--kl_coef", "0.05", "--kl_in_reward", "false"],
+        ["--advantage_estimator", "gae", "--num_generations", "2", "--loss_type", "sequence_mean"],
+    ],
+    ids=lambda flags: " ".join(flags),
+)
+def test_settings_an_estimator_uses_get_past_validation(flags, tmp_path, capsys):
+    """Control for the estimator cases above: the same options where they apply reach the model check."""
+    config = write_config(tmp_path, "ppo")
+    code, stderr = run_cli(ppo, ["--config", str(config), *flags], capsys)
+    assert_one_line_error(code, stderr, MISSING_MODEL, "does not exist")
 
 
 @pytest.mark.parametrize(("step", "flags", "field"), NAMED_CASES, ids=lambda item: str(item))
@@ -283,6 +344,7 @@ def test_training_diverged_error_is_one_line_exit_2(capsys):
         (["--deployment-type", "laptop"], "--deployment-type"),
         (["--actor-zero-stage", "x"], "--actor-zero-stage"),
         (["--recipe", "no-such-recipe"], "no-such-recipe"),
+        (["--algorithm", "ppo2"], "--algorithm"),
     ],
 )
 def test_e2e_bad_flags(flags, expected, tmp_path, capsys):

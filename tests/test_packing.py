@@ -82,10 +82,10 @@ def _assert_packed_equals_padded(actor, critic, pad: int, temperature: float = 0
     prompt_width = prompt_ids.shape[1]
     with torch.no_grad():
         logits, values = wrapper(input_ids, attention_mask, position_ids_from_mask(attention_mask))
-        padded_logprobs = completion_logprobs(logits, completion_ids, prompt_width, temperature)
+        padded_logprobs = completion_logprobs(logits, completion_ids, temperature)
         padded_values = completion_values(values, prompt_width)
         reference_logits = actor(input_ids=input_ids, attention_mask=attention_mask).logits
-        padded_reference = completion_logprobs(reference_logits, completion_ids, prompt_width, temperature)
+        padded_reference = completion_logprobs(reference_logits, completion_ids, temperature)
 
         lengths = (prompt_mask.sum(1) + completion_mask.sum(1)).tolist()
         for indices in token_budget_micro_batches(lengths, max_tokens=20):  # several micro-batches of varied size

@@ -52,9 +52,20 @@ def recipe_yamls() -> list[Path]:
 
 
 def step_and_variant(path: Path) -> tuple[str, str | None]:
-    """``ppo-8bit-lora.yaml`` -> ("ppo", "8bit-lora"); ``e2e.yaml`` -> ("e2e", None)."""
+    """``ppo-8bit-lora.yaml`` -> ("ppo", "8bit-lora"); ``e2e.yaml`` -> ("e2e", None); ``grpo.yaml`` (named after an
+    advantage estimator, what ``rlhf-trl e2e --algorithm grpo`` runs) -> ("ppo", None)."""
+    from rlhf_trl.ppo.estimators import ADVANTAGE_ESTIMATORS
+
+    if path.stem in ADVANTAGE_ESTIMATORS:
+        return "ppo", None
     step, _, variant = path.stem.partition("-")
     return step, variant or None
+
+
+def algorithm_yamls() -> list[Path]:
+    from rlhf_trl.ppo.estimators import ADVANTAGE_ESTIMATORS
+
+    return [path for path in recipe_yamls() if path.stem in ADVANTAGE_ESTIMATORS]
 
 
 def step_dataclasses(step: str) -> tuple:
@@ -128,7 +139,8 @@ def test_each_variant_is_complete_and_chains_its_own_outputs(folder):
     holds only e2e flags."""
     from rlhf_trl.scripts.e2e import parse_arguments, recipe_dir
 
-    variants = {step_and_variant(path)[1] for path in folder.glob("*.yaml") if path.stem != "e2e"}
+    step_files = [path for path in folder.glob("*.yaml") if path.stem != "e2e" and path not in algorithm_yamls()]
+    variants = {step_and_variant(path)[1] for path in step_files}
     for variant in variants:
         recipe_dir(str(folder), variant)  # exits with an error naming the missing files
         sft, reward, ppo = (read_yaml(recipe_path(folder.name, step, variant)) for step in STEPS)
@@ -137,6 +149,26 @@ def test_each_variant_is_complete_and_chains_its_own_outputs(folder):
             assert ppo["reward_model_path"] == reward["output_dir"], f"{folder.name} {variant}: reward is not step 2's"
             assert len({sft["output_dir"], reward["output_dir"], ppo["output_dir"]}) == 3
     parse_arguments(["--recipe", str(folder)])
+
+
+@pytest.mark.parametrize("path", algorithm_yamls(), ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_algorithm_recipe_parses_with_its_estimator_and_ppo_budget(path):
+    """``<estimator>.yaml`` parses as a step-3 config of that estimator, chains the same step-1 and step-2 outputs as
+    ppo.yaml and keeps its sample budget: completions per step (prompts x num_generations) and steps."""
+    from trl import TrlParser
+
+    overrides = [] if torch.cuda.is_available() else ["--bf16", "false"]
+    _, data_args, training_args, _ = TrlParser(step_dataclasses("ppo")).parse_args_and_config(
+        args=["--config", str(path), *overrides]
+    )
+    assert training_args.advantage_estimator == path.stem
+    ppo_recipe = read_yaml(path.parent / "ppo.yaml")
+    recipe = read_yaml(path)
+    for key in ("model_name_or_path", "reward_model_path", "datasets", "max_steps", "max_new_tokens"):
+        assert recipe[key] == ppo_recipe[key], key
+    ppo_completions = ppo_recipe["per_device_train_batch_size"] * ppo_recipe.get("num_generations", 1)
+    assert training_args.local_rollout_batch_size == ppo_completions
+    assert f"{path.stem}.yaml" in (path.parent / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

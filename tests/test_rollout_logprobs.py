@@ -48,7 +48,7 @@ def _max_disagreement(model, tokenizer) -> float:
         logits = model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
         ).logits
-    forward_logprobs = completion_logprobs(logits, completion_ids, prompt_ids.shape[1], TEMPERATURE)
+    forward_logprobs = completion_logprobs(logits, completion_ids, TEMPERATURE)
     real = mask.bool()
     assert real.sum() > len(PROMPTS)
     return (rollout_logprobs[real] - forward_logprobs[real]).abs().max().item()

@@ -125,7 +125,7 @@ def completion_log_probs(model, batch, temperature: float) -> torch.Tensor:
     attention_mask = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)  # [B, P + C]
     position_ids = position_ids_from_mask(attention_mask)  # [B, P + C]
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    return completion_logprobs(logits, batch.completion_ids, batch.prompt_ids.shape[1], temperature)  # [B, C]
+    return completion_logprobs(logits, batch.completion_ids, temperature)  # [B, C]
 
 
 def sample_with_kl(actor: Generator, reference: Generator, prompts: list) -> dict[str, list]:

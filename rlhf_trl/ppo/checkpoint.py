@@ -120,8 +120,8 @@ class CheckpointManager:
         return state
 
     def save_model(self, model, tokenizer, output_dir) -> None:
-        """Actor (full weights or LoRA adapter) to output_dir, critic to output_dir/critic, EMA to output_dir/ema.
-        ``model`` is the prepared PolicyAndValueWrapper."""
+        """Actor (full weights or LoRA adapter) to output_dir, critic (if any) to output_dir/critic, EMA to
+        output_dir/ema. ``model`` is the prepared PolicyAndValueWrapper."""
         output_dir = Path(output_dir)
         self.accelerator.wait_for_everyone()
         unwrapped = self.accelerator.unwrap_model(model)
@@ -132,9 +132,10 @@ class CheckpointManager:
                 k[len("critic.model.") :]: v for k, v in state_dict.items() if k.startswith("critic.model.")
             }
             unwrapped.policy.save_pretrained(output_dir, state_dict=policy_state)
-            unwrapped.critic.model.save_pretrained(output_dir / "critic", state_dict=critic_state)
             tokenizer.save_pretrained(output_dir)
-            tokenizer.save_pretrained(output_dir / "critic")
+            if unwrapped.critic is not None:
+                unwrapped.critic.model.save_pretrained(output_dir / "critic", state_dict=critic_state)
+                tokenizer.save_pretrained(output_dir / "critic")
             if self.ema is not None:
                 self.ema.save_pretrained(output_dir / "ema")
                 tokenizer.save_pretrained(output_dir / "ema")

@@ -3,6 +3,7 @@ flag table); fields marked "DS-Chat: ..." give its value where ours differs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -12,7 +13,15 @@ from transformers import GenerationConfig, TrainingArguments
 
 from rlhf_trl.configs import ConfigError, Range, check_ranges, check_training_arguments
 from rlhf_trl.ppo.advantages import KL_ESTIMATORS
-from rlhf_trl.ppo.config_fields import check_inherited_fields
+from rlhf_trl.ppo.config_fields import check_inherited_fields, field_default, is_default
+from rlhf_trl.ppo.estimators import (
+    ADVANTAGE_ESTIMATORS,
+    ESTIMATORS_NEEDING_CRITIC,
+    ESTIMATORS_NEEDING_GROUPS,
+    ESTIMATORS_WITH_KL_IN_REWARD,
+)
+from rlhf_trl.ppo.group_batches import group_batch_sizes
+from rlhf_trl.ppo.losses import LOSS_TYPES
 
 ROLLOUT_BACKENDS = ("hf", "deepspeed")
 SCORE_NORMALIZATIONS = ("none", "running", "reference")
@@ -92,8 +101,12 @@ class PPOConfig(TrainingArguments):
     # KL and reward shaping ------------------------------------------------------------------------------------------
     kl_coef: float = field(default=0.1, metadata={"help": "KL coefficient (initial value when adaptive)."})
     kl_estimator: str = field(default="k1", metadata={"help": f"Per-token KL estimator, one of {KL_ESTIMATORS}."})
-    kl_in_reward: bool = field(
-        default=True, metadata={"help": "True: KL penalty in the reward (DS-Chat). False: KL as a loss term."}
+    kl_in_reward: bool | None = field(
+        default=None,
+        metadata={
+            "help": "True: KL penalty in the reward (DS-Chat). False: KL as a loss term weighted by kl_coef. Unset: "
+            "True, except for grpo and dr_grpo, which take the KL in the loss (TRL's beta is kl_coef)."
+        },
     )
     kl_loss_estimator: str = field(
         default="k3",
@@ -120,6 +133,28 @@ class PPOConfig(TrainingArguments):
     )
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the shaped per-token rewards."})
     # Advantages and losses ------------------------------------------------------------------------------------------
+    advantage_estimator: str = field(
+        default="gae",
+        metadata={
+            "help": f"One of {ADVANTAGE_ESTIMATORS}: gae is PPO with a critic (DS-Chat); the others need no critic "
+            "(rlhf_trl.ppo.estimators); grpo, dr_grpo, rloo and reinforce_pp_baseline compare the num_generations "
+            "completions of each prompt."
+        },
+    )
+    num_generations: int = field(
+        default=1,
+        metadata={
+            "help": "Completions sampled per prompt (a group, adjacent rows on one process). "
+            "per_device_train_batch_size counts prompts; the rollout holds prompts x num_generations completions."
+        },
+    )
+    loss_type: str = field(
+        default="token_mean",
+        metadata={
+            "help": f"How the policy loss is reduced, one of {LOSS_TYPES} (TRL's bnpo/dapo, grpo, dr_grpo): mean "
+            "over the tokens, mean over the sequences of their token means, or sum / (sequences x max_new_tokens)."
+        },
+    )
     gamma: float = field(default=1.0, metadata={"help": "Discount (DS-Chat 1.0)."})
     lam: float = field(default=0.95, metadata={"help": "GAE lambda (DS-Chat 0.95)."})
     whiten_advantages: bool = field(default=False, metadata={"help": "Whiten advantages (DS-Chat: off)."})
@@ -191,23 +226,67 @@ class PPOConfig(TrainingArguments):
         check_training_arguments(self)
         check_ranges(self, PPO_RANGES)
         self._check_choices()
+        self._check_estimator_settings()
         self._check_generation()
         world = max(self.world_size, 1)
-        # Honest batch names, derived once. A rollout is what one process generates between two update rounds.
-        self.local_rollout_batch_size = self.per_device_train_batch_size * self.generation_batches
-        self.rollout_batch_size = self.local_rollout_batch_size * world
-        if self.local_rollout_batch_size % self.num_mini_batches:
+        # Honest batch names, derived once. A rollout is what one process generates between two update rounds:
+        # local_rollout_prompts prompts, each sampled num_generations times. The sizes below count completions.
+        self.local_rollout_prompts = self.per_device_train_batch_size * self.generation_batches
+        if self.local_rollout_prompts % self.num_mini_batches:
             raise ValueError(
-                f"per_device_train_batch_size * generation_batches = {self.local_rollout_batch_size} is not divisible "
-                f"by num_mini_batches = {self.num_mini_batches}: change one of them"
+                f"per_device_train_batch_size * generation_batches = {self.local_rollout_prompts} prompts is not "
+                f"divisible by num_mini_batches = {self.num_mini_batches}: change one of them"
             )
-        self.local_mini_batch_size = self.local_rollout_batch_size // self.num_mini_batches
+        self.group_batch_sizes = group_batch_sizes(
+            self.local_rollout_prompts, self.num_generations, world, self.num_mini_batches, self.advantage_estimator
+        )
+        self.local_rollout_batch_size = self.group_batch_sizes.per_device_rollout_batch_size
+        self.rollout_batch_size = self.group_batch_sizes.global_rollout_batch_size
+        self.local_mini_batch_size = self.group_batch_sizes.per_device_mini_batch_size
         if self.local_mini_batch_size % self.gradient_accumulation_steps:
             raise ValueError(
-                f"the mini-batch of {self.local_mini_batch_size} samples per device is not divisible by "
+                f"the mini-batch of {self.local_mini_batch_size} completions per device is not divisible by "
                 f"gradient_accumulation_steps = {self.gradient_accumulation_steps}: lower it or raise the batch"
             )
         self.micro_batch_size = self.local_mini_batch_size // self.gradient_accumulation_steps
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.advantage_estimator in ESTIMATORS_NEEDING_CRITIC
+
+    def _check_estimator_settings(self):
+        """One line for a setting the chosen advantage estimator does not use, set away from its default; then
+        kl_in_reward resolved (unset: in the reward, except for the estimators that take the KL in the loss)."""
+        estimator = self.advantage_estimator
+        if estimator in ESTIMATORS_NEEDING_GROUPS and self.num_generations < 2:
+            raise ConfigError(
+                f"advantage_estimator {estimator} compares the completions of one prompt: set num_generations to 2 "
+                f"or more (got {self.num_generations}), or use gae or reinforce_pp"
+            )
+        unused = {}
+        if not self.uses_critic:
+            reason = f"advantage_estimator {estimator} has no critic"
+            for name in ("value_model_path", "critic_learning_rate", "critic_lr_scheduler_type", "critic_lora"):
+                unused[name] = reason
+            for name in ("vf_coef", "cliprange_value", "lam"):
+                unused[name] = reason
+            unused["whiten_rewards"] = f"advantage_estimator {estimator} whitens by its own definition"
+            if estimator not in ("reinforce_pp", "reinforce_pp_baseline"):
+                unused["gamma"] = f"advantage_estimator {estimator} scores whole completions (no discounting)"
+        defaults = {config_field.name: config_field for config_field in dataclasses.fields(self)}
+        for name, reason in unused.items():
+            value = getattr(self, name)
+            if not is_default(value, field_default(defaults[name])):
+                raise ConfigError(f"{name}={value!r} does not apply: {reason}; remove it")
+        if estimator not in ESTIMATORS_WITH_KL_IN_REWARD:
+            if self.kl_in_reward:
+                raise ConfigError(
+                    f"kl_in_reward=True does not apply: advantage_estimator {estimator} takes the KL in the loss "
+                    "(weighted by kl_coef); remove it"
+                )
+            self.kl_in_reward = False
+        elif self.kl_in_reward is None:
+            self.kl_in_reward = True
 
     def _check_generation(self):
         """generation_kwargs parsed (JSON text allowed) and every generation setting validated as the GenerationConfig
@@ -264,6 +343,8 @@ class PPOConfig(TrainingArguments):
             "rollout_backend": (self.rollout_backend, ROLLOUT_BACKENDS),
             "kl_estimator": (self.kl_estimator, KL_ESTIMATORS),
             "score_normalization": (self.score_normalization, SCORE_NORMALIZATIONS),
+            "advantage_estimator": (self.advantage_estimator, ADVANTAGE_ESTIMATORS),
+            "loss_type": (self.loss_type, LOSS_TYPES),
         }
         if self.critic_lr_scheduler_type is not None:
             checks["critic_lr_scheduler_type"] = (self.critic_lr_scheduler_type, SCHEDULES)
@@ -294,6 +375,7 @@ PPO_RANGES = {
     "generation_batches": Range(minimum=1),
     "num_mini_batches": Range(minimum=1),
     "num_ppo_epochs": Range(minimum=1),
+    "num_generations": Range(minimum=1),
     "max_prompt_length": Range(minimum=1),
     "max_new_tokens": Range(minimum=1),
     "min_new_tokens": Range(minimum=0),

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from rlhf_trl.ppo.advantages import gae_advantages, shaped_rewards
+from rlhf_trl.ppo.advantages import gae_advantages, kl_estimate, shaped_rewards
 from rlhf_trl.ppo.masks import check_same_shape, fill_padding, masked_whiten
 
 ADVANTAGE_ESTIMATORS = ("gae", "grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
@@ -353,3 +353,39 @@ def compute_advantages(
     if estimator == "reinforce_pp":
         return reinforce_pp_advantages(rewards, mask, kl, kl_coef, gamma)
     return reinforce_pp_baseline_advantages(rewards, mask, group_size, kl, kl_coef, gamma)
+
+
+def rollout_advantages(scores, values, logprobs, ref_logprobs, mask, loss_mask, args, kl_coef: float):
+    """What PPO's update needs from one process's rollout, as the config asks: returns (kl, rewards, advantages,
+    returns), each [B, T] (returns None for the outcome-only estimators).
+
+    scores: [B] shaped scores; values: [B, T] critic values (None without a critic); logprobs, ref_logprobs: [B, T];
+    mask: [B, T] real completion tokens; loss_mask: [B, T] the tokens that count (invalid rewards dropped); args: the
+    PPOConfig (advantage_estimator, kl_estimator, gamma, lam, whiten_rewards, whiten_advantages, num_generations);
+    kl_coef: the KL's weight in the reward (0 when the KL is a loss). ``gae`` is DS-Chat's path: KL-shaped per-token
+    rewards (optionally whitened), GAE. The critic-free estimators see groups of num_generations adjacent rows; the
+    REINFORCE++ ones whiten over this process's rollout, not over every process's batch.
+    """
+    # Log-probs filled at padding before the estimator (k3 takes an exp): padding must not turn into NaN.
+    kl = fill_padding(
+        kl_estimate(fill_padding(logprobs, mask), fill_padding(ref_logprobs, mask), args.kl_estimator), mask
+    )
+    if args.advantage_estimator == "gae":
+        rewards = shaped_rewards(scores, kl, mask, kl_coef)
+        if args.whiten_rewards:
+            rewards = masked_whiten(rewards, loss_mask, shift_mean=False)
+        advantages, returns = gae_advantages(values, rewards, mask, args.gamma, args.lam)
+    else:
+        advantages, returns = compute_advantages(
+            args.advantage_estimator,
+            scores,
+            mask,
+            group_size=args.num_generations,
+            kl=kl,
+            kl_coef=kl_coef,
+            gamma=args.gamma,
+        )
+        rewards = token_rewards(scores, mask, kl, kl_coef)
+    if args.whiten_advantages:
+        advantages = masked_whiten(advantages, loss_mask)
+    return kl, rewards, advantages, returns

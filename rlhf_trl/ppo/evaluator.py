@@ -68,11 +68,12 @@ class Evaluator:
             "objective/non_score_reward": self.gathered_mean(non_score),
             "objective/rlhf_reward": self.gathered_mean(rollout.scores + non_score),
             "objective/advantage_mean": self.gathered_mean(masked_mean(rollout.advantages, mask)),
-            "value/mean": self.gathered_mean(masked_mean(rollout.values, mask)),
             "response/length": self.gathered_mean(mask.sum(dim=1)),
             "response/no_eos_fraction": 1.0 - self.gathered_mean(ended),
             "episodes": float(episodes),
         }
+        if rollout.values is not None:
+            metrics["value/mean"] = self.gathered_mean(masked_mean(rollout.values, mask))
         metrics["objective/entropy"] = self.gathered_mean(-fill_padding(rollout.logprobs, mask).sum(dim=1))
         if rollout.valid is not None:
             # Samples left out because a reward source gave NaN/inf (drop_invalid_rewards), summed over processes.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_trl.generation import encode_prompts, is_conversation
+from rlhf_trl.generation import completion_mask, completion_texts, encode_prompts, is_conversation
 
 logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
@@ -107,6 +107,28 @@ class Rollout:
     def __len__(self) -> int:
         return self.prompt_ids.shape[0]
 
+    @staticmethod
+    def from_generation(batch: dict, completion_ids, logprobs, tokenizer) -> Rollout:
+        """The rollout of a prompt batch (PromptSet.batch) and what the generator returned for it: completion ids
+        [B, C'] (and their log-probs [B, C'] or None). Everything after the first EOS becomes padding."""
+        if completion_ids.shape[1] == 0:  # every sequence stopped at once; keep one pad column so shapes hold
+            logprobs = None
+            completion_ids = torch.full(
+                (completion_ids.shape[0], 1), tokenizer.pad_token_id, device=completion_ids.device
+            )
+        mask = completion_mask(completion_ids, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        completion_ids = completion_ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+        return Rollout(
+            prompts=batch["prompts"],
+            columns=batch["columns"],
+            prompt_ids=batch["prompt_ids"],
+            prompt_mask=batch["prompt_mask"],
+            completion_ids=completion_ids,
+            completion_mask=mask,
+            completions=completion_texts(tokenizer, batch["prompt_ids"], completion_ids),
+            logprobs=logprobs.float() if logprobs is not None else None,
+        )
+
     def input_ids(self) -> torch.Tensor:
         return torch.cat([self.prompt_ids, self.completion_ids], dim=1)
 
@@ -200,6 +222,12 @@ class ScoreNormalizer:
         self.mode = mode
         self.count, self.mean, self.m2 = 0, 0.0, 0.0
         self.frozen = False
+
+    def update_from_processes(self, scores: torch.Tensor, valid: torch.Tensor, accelerator) -> None:
+        """Update from every process's valid scores ([B] scores and [B] bool on each process)."""
+        gathered = accelerator.gather(scores.to(accelerator.device)).cpu()
+        gathered_valid = accelerator.gather(valid.to(accelerator.device)).cpu().bool()
+        self.update(gathered[gathered_valid])
 
     def update(self, scores: torch.Tensor) -> None:
         if self.frozen:

@@ -12,7 +12,7 @@ from rlhf_trl.ppo.modeling import completion_logprobs, completion_values, positi
 
 @torch.no_grad()
 def score_forwards(model, reference_logits, rollout: Rollout, args, policy_dtype: torch.dtype):
-    """Returns (logprobs [B, C] or None, ref_logprobs [B, C], values [B, C]).
+    """Returns (logprobs [B, C] or None, ref_logprobs [B, C], values [B, C] or None: no critic).
 
     model: the prepared policy-and-value model, in eval mode; reference_logits(input_ids, attention_mask,
     position_ids): the reference's logits; args: the PPOConfig (temperature, micro_batch_size,
@@ -32,11 +32,13 @@ def score_forwards(model, reference_logits, rollout: Rollout, args, policy_dtype
         ids, mask, positions = input_ids[part], attention_mask[part], position_ids[part]
         completion = rollout.completion_ids[part]
         # Speed hook: no actor forward when generation gave the log-probs (recompute_rollout_logprobs off).
-        logits, value = model(ids, mask, positions, with_logits=rollout.logprobs is None)
+        keep = completion.shape[1] + 1  # the head runs on the answer's positions only
+        logits, value = model(ids, mask, positions, with_logits=rollout.logprobs is None, logits_to_keep=keep)
         if logits is not None:
-            logprobs.append(completion_logprobs(logits, completion, prompt_length, args.temperature))
-        values.append(completion_values(value, prompt_length))
-        ref_logits = reference_logits(ids, mask, positions)
-        ref_logprobs.append(completion_logprobs(ref_logits, completion, prompt_length, args.temperature))
+            logprobs.append(completion_logprobs(logits, completion, args.temperature))
+        if value is not None:
+            values.append(completion_values(value, prompt_length))
+        ref_logits = reference_logits(ids, mask, positions, keep)
+        ref_logprobs.append(completion_logprobs(ref_logits, completion, args.temperature))
         del logits, ref_logits
-    return torch.cat(logprobs) if logprobs else None, torch.cat(ref_logprobs), torch.cat(values)
+    return torch.cat(logprobs) if logprobs else None, torch.cat(ref_logprobs), torch.cat(values) if values else None

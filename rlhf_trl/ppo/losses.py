@@ -71,8 +71,11 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip_range: float,
+    loss_type: str = "token_mean",
+    max_completion_length: int | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped surrogate, as a loss to minimise, averaged over all real tokens of the batch.
+    """PPO's clipped surrogate, as a loss to minimise, averaged over all real tokens of the batch (loss_type
+    token_mean), or reduced as ``aggregate_loss`` does for the other loss types (max_completion_length: dr_grpo).
 
     logprobs: [B, T] under the current policy (with gradient); old_logprobs: [B, T] at rollout time; advantages:
     [B, T]; mask: [B, T]. Per token: max(-A * ratio, -A * clip(ratio, 1 - clip_range, 1 + clip_range)) with
@@ -91,7 +94,11 @@ def policy_loss(
     ratio = torch.exp(log_ratio)  # [B, T]
     unclipped_loss = -advantages * ratio  # [B, T]
     clipped_loss = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)  # [B, T]
-    loss = masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)  # scalar
+    per_token_loss = torch.maximum(unclipped_loss, clipped_loss)  # [B, T]
+    if loss_type == "token_mean":
+        loss = masked_mean(per_token_loss, mask)  # scalar
+    else:
+        loss = aggregate_loss(per_token_loss, mask, loss_type, max_completion_length)  # scalar
     with torch.no_grad():
         real = mask.bool()
         stats = {

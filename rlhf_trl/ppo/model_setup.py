@@ -16,10 +16,20 @@ from rlhf_trl.ppo.run_logger import build_trackers
 logger = logging.getLogger("rlhf_trl.ppo.trainer")
 
 
-def check_tokenizer_and_critic(tokenizer, value_model) -> None:
-    """The actor's tokenizer needs a pad token distinct from EOS, and the critic the actor's vocabulary."""
+def check_tokenizer_and_critic(tokenizer, value_model, args) -> None:
+    """The actor's tokenizer needs a pad token distinct from EOS; a critic is given exactly when the advantage
+    estimator uses one, and then it needs the actor's vocabulary."""
     if tokenizer.pad_token_id is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         raise ValueError("the actor tokenizer needs a pad token distinct from EOS (see rlhf_trl.models)")
+    if args.uses_critic and value_model is None:
+        raise ValueError(f"advantage_estimator {args.advantage_estimator} needs a critic: pass value_model")
+    if not args.uses_critic and value_model is not None:
+        raise ValueError(
+            f"advantage_estimator {args.advantage_estimator} uses no critic: pass value_model=None, so none is "
+            "held, trained or saved"
+        )
+    if value_model is None:
+        return
     critic_rows = value_model.get_input_embeddings().num_embeddings
     if critic_rows < len(tokenizer):
         raise ValueError(
@@ -64,7 +74,7 @@ def add_adapters(args, model, value_model, peft_config):
         return module
 
     model = get_peft_model(prepare(model), peft_config)
-    if args.critic_lora:
+    if args.critic_lora and value_model is not None:
         critic_config = replace_fields(peft_config, task_type="SEQ_CLS", modules_to_save=["score"])
         value_model = get_peft_model(prepare(value_model), critic_config)
     return model, value_model

@@ -8,7 +8,7 @@ import torch
 
 from rlhf_trl.ppo import losses
 from rlhf_trl.ppo.masks import masked_mean
-from rlhf_trl.ppo.modeling import completion_logprobs, completion_values
+from rlhf_trl.ppo.modeling import completion_logits, completion_logprobs, completion_values
 
 
 def non_finite(tensor: torch.Tensor, name: str) -> str | None:
@@ -17,8 +17,9 @@ def non_finite(tensor: torch.Tensor, name: str) -> str | None:
 
 
 class PPOObjective:
-    """Clipped policy loss + vf_coef * clipped value loss - entropy_coef * entropy, plus the KL penalty as a loss
-    (kl_in_reward off, weighted by the KL controller's coefficient) and the pretraining loss (ptx_coef > 0).
+    """Clipped policy loss (reduced as loss_type says) + vf_coef * clipped value loss (with a critic only)
+    - entropy_coef * entropy, plus the KL penalty as a loss (kl_in_reward off, weighted by the KL controller's
+    coefficient) and the pretraining loss (ptx_coef > 0).
 
     Args:
         args: PPOConfig.
@@ -41,33 +42,44 @@ class PPOObjective:
         rows; micro_mask: [M, C] their loss mask. Returns (stats, loss, problem or None, blown_up): ``problem`` names
         a NaN/inf loss, ``blown_up`` says the ratio or approximate KL passed its threshold."""
         args = self.args
-        logits, values = model(*batch)
         completion = rollout.completion_ids[index]
-        new_logprobs = completion_logprobs(logits, completion, prompt_length, args.temperature)
-        new_values = completion_values(values, prompt_length)
+        # The head runs on the answer's positions only (the C+1 last): the prompt's logits are never read.
+        logits, values = model(*batch, logits_to_keep=completion.shape[1] + 1)
+        new_logprobs = completion_logprobs(logits, completion, args.temperature)
         policy_loss, policy_stats = losses.policy_loss(
-            new_logprobs, rollout.logprobs[index], rollout.advantages[index], micro_mask, args.cliprange
+            new_logprobs,
+            rollout.logprobs[index],
+            rollout.advantages[index],
+            micro_mask,
+            args.cliprange,
+            loss_type=args.loss_type,
+            max_completion_length=args.max_new_tokens,
         )
-        value_loss, value_stats = losses.value_loss(
-            new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
-        )
-        problems = [non_finite(policy_loss, "policy loss"), non_finite(value_loss, "value loss")]
-        loss = policy_loss + args.vf_coef * value_loss
+        problems = [non_finite(policy_loss, "policy loss")]
+        loss = policy_loss
+        value_stats = {}
+        if values is not None:  # a critic: PPO's value loss
+            new_values = completion_values(values, prompt_length)
+            value_loss, value_stats = losses.value_loss(
+                new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
+            )
+            problems.append(non_finite(value_loss, "value loss"))
+            loss = loss + args.vf_coef * value_loss
+            value_stats["loss"] = value_loss
         with torch.set_grad_enabled(args.entropy_coef > 0):
-            completion_logits = logits[:, prompt_length - 1 : -1]
-            entropy = masked_mean(losses.entropy_from_logits(completion_logits, args.temperature), micro_mask)
+            answer_logits = completion_logits(logits, completion.shape[1])
+            entropy = masked_mean(losses.entropy_from_logits(answer_logits, args.temperature), micro_mask)
         if args.entropy_coef:
             loss = loss - args.entropy_coef * entropy
         stats = {
             "policy/loss": policy_loss.item(),
-            "value/loss": value_loss.item(),
             "policy/entropy": entropy.item(),
             "policy/approx_kl": policy_stats["approx_kl"].item(),
             "policy/clip_fraction": policy_stats["clip_fraction"].item(),
             "policy/ratio_mean": policy_stats["ratio_mean"].item(),
             "policy/ratio_max": policy_stats["ratio_max"].item(),
-            "value/clip_fraction": value_stats["clip_fraction"].item(),
         }
+        stats.update({f"value/{name}": value.item() for name, value in value_stats.items()})
         if not args.kl_in_reward:
             kl_term = losses.kl_loss(new_logprobs, rollout.ref_logprobs[index], micro_mask, args.kl_loss_estimator)
             loss = loss + self.kl_controller.value * kl_term

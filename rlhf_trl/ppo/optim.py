@@ -42,12 +42,12 @@ def decay_parameter_names(module: torch.nn.Module) -> set[str]:
 
 def parameter_groups(wrapper, args) -> list[dict]:
     """Up to four groups, actor groups first: (actor, critic) x (with, without weight decay), each with its own
-    learning rate. Empty groups are left out."""
+    learning rate. Empty groups are left out; without a critic (wrapper.critic None) only the actor's exist."""
     groups = []
-    for role, module, learning_rate in (
-        ("actor", wrapper.policy, args.learning_rate),
-        ("critic", wrapper.critic, args.critic_learning_rate),
-    ):
+    roles = [("actor", wrapper.policy, args.learning_rate)]
+    if wrapper.critic is not None:
+        roles.append(("critic", wrapper.critic, args.critic_learning_rate))
+    for role, module, learning_rate in roles:
         trainable = [(name, parameter) for name, parameter in module.named_parameters() if parameter.requires_grad]
         if not trainable:
             raise ValueError(f"the {role} has no trainable parameters")

@@ -151,7 +151,7 @@ def pad_share(attention_masks: list[torch.Tensor]) -> float:
 
 def score_packed(model, reference_logits, rollout, temperature: float, max_tokens: int, mask_dtype: torch.dtype):
     """The scoring forwards of a rollout without pad tokens: (actor log-probs [B, C] or None, reference log-probs
-    [B, C], values [B, C]) in the rollout's padded layout, 0 past each answer's end.
+    [B, C], values [B, C] or None without a critic) in the rollout's padded layout, 0 past each answer's end.
 
     ``model``: the PolicyAndValueWrapper as prepared (called ``model(ids, mask, positions, with_logits=...)``);
     the actor forward is skipped when ``rollout.logprobs`` is already set (log-probs from generation).
@@ -172,7 +172,10 @@ def score_packed(model, reference_logits, rollout, temperature: float, max_token
         logits, value = model(packed.input_ids, packed.attention_mask, packed.position_ids, with_logits=with_logits)
         if logits is not None:
             logprobs[index] = packed_completion_logprobs(logits, packed, answers, temperature).float()
-        values[index] = packed_completion_values(value, packed, width).float()
+        if value is not None:
+            values[index] = packed_completion_values(value, packed, width).float()
+        else:
+            values = None
         del logits
         ref = reference_logits(packed.input_ids, packed.attention_mask, packed.position_ids)
         ref_logprobs[index] = packed_completion_logprobs(ref, packed, answers, temperature).float()

@@ -1,7 +1,8 @@
 """PPOTrainer: DeepSpeed-Chat's step 3 as a TRL-style trainer on Accelerate.
 
 One PPO step = ``generate`` (the generator: a generation backend) -> ``score`` (actor, reference, critic forwards
-+ rewards) -> ``compute_advantages`` (KL-shaped rewards, GAE) -> ``update`` (clipped policy and value losses) -> log.
++ rewards) -> ``compute_advantages`` (KL-shaped rewards, GAE; or a critic-free estimator: GRPO, RLOO, REINFORCE++)
+-> ``update`` (clipped policy loss, and value loss with a critic) -> log.
 Each is a method that a subclass can override. The trainer holds collaborators that each own one job: the prompt
 set, the completion scorer (rewards), the evaluator (metrics), the run logger and the checkpoint manager.
 """
@@ -10,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import math
+import resource
 import time
 
 import numpy as np
 import torch
 
-from rlhf_trl.generation import as_completions, completion_mask, completion_texts, has_eos
+from rlhf_trl.generation import as_completions, has_eos
 from rlhf_trl.guards import InvalidRewardError, TrainingDivergedError, agree_on_micro_batch, check_gradient_norm
 from rlhf_trl.ppo import checkpoint as checkpoints
-from rlhf_trl.ppo.advantages import gae_advantages, kl_estimate, penalize_missing_eos, shape_scores, shaped_rewards
+from rlhf_trl.ppo import estimators
+from rlhf_trl.ppo.advantages import penalize_missing_eos, shape_scores
 from rlhf_trl.ppo.config import PPOConfig
 from rlhf_trl.ppo.distributed import configure_deepspeed, prepare_frozen
 from rlhf_trl.ppo.ema import ema_update
@@ -26,9 +29,8 @@ from rlhf_trl.ppo.evaluator import Evaluator
 from rlhf_trl.ppo.experience import PromptSampler, PromptSet, Rollout, ScoreNormalizer, micro_batches
 from rlhf_trl.ppo.forwards import score_forwards
 from rlhf_trl.ppo.kl_control import build_kl_controller
-from rlhf_trl.ppo.masks import fill_padding, masked_whiten
 from rlhf_trl.ppo.model_setup import build_accelerator, build_generator, check_tokenizer_and_critic, ready_models
-from rlhf_trl.ppo.modeling import PolicyAndValueWrapper, position_ids_from_mask
+from rlhf_trl.ppo.modeling import PolicyAndValueWrapper, causal_lm_logits, position_ids_from_mask
 from rlhf_trl.ppo.objective import PPOObjective
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
 from rlhf_trl.ppo.run_logger import RunLogger
@@ -41,7 +43,8 @@ __all__ = ["PPOTrainer", "TrainingDivergedError", "InvalidRewardError"]
 
 
 class PPOTrainer:
-    """PPO with an actor, a frozen reference, a critic and reward sources (reward model and/or functions).
+    """PPO with an actor, a frozen reference, a critic and reward sources (reward model and/or functions); without
+    the critic for the advantage estimators that need none (``advantage_estimator``).
 
     Args:
         args: PPOConfig.
@@ -50,7 +53,8 @@ class PPOTrainer:
         ref_model: frozen reference; None -> a frozen copy of the actor, or the actor with adapters disabled (LoRA).
         reward_model: sequence-classification reward model (optional when reward_funcs are given).
         reward_processing_class: the reward model's tokenizer (defaults to ``processing_class``).
-        value_model: the critic, a sequence-classification model (DS-Chat: initialised from the reward model).
+        value_model: the critic, a sequence-classification model (DS-Chat: initialised from the reward model);
+            None for an advantage estimator without a critic (anything but gae).
         reward_funcs: callables ``f(prompts, completions, **columns) -> list[float]``.
         gold_funcs: callables of the same form measuring true quality; logged, never trained on.
         train_dataset / eval_dataset: datasets with a ``prompt`` column (text or conversational messages).
@@ -75,7 +79,7 @@ class PPOTrainer:
     ):
         self.args = args
         self.tokenizer = processing_class
-        check_tokenizer_and_critic(self.tokenizer, value_model)
+        check_tokenizer_and_critic(self.tokenizer, value_model, args)
         self.accelerator = build_accelerator(args)
         self.is_peft = peft_config is not None
         model, value_model, self.ref_model, self.ema = ready_models(
@@ -129,7 +133,7 @@ class PPOTrainer:
         logger.info("rollout backend: %s", self.rollout_backend_in_use)
 
         self.state = {"global_step": 0, "consecutive_skips": 0, "episodes": 0}
-        self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "training_s": 0.0}
+        self.timings = {"generation_s": 0.0, "scoring_s": 0.0, "training_s": 0.0, "step_s": 0.0}
         self.evaluator = Evaluator(
             self.accelerator,
             self.model,
@@ -192,7 +196,12 @@ class PPOTrainer:
         update_stats = self.update(rollout)
         self.generator.sync_weights()
         trained = time.perf_counter()
-        phases = {"generation_s": generated - started, "scoring_s": scored - generated, "training_s": trained - scored}
+        phases = {
+            "generation_s": generated - started,
+            "scoring_s": scored - generated,
+            "training_s": trained - scored,
+            "step_s": trained - started,
+        }
         self.state["global_step"] += 1
         self.state["episodes"] += len(rollout) * self.accelerator.num_processes
         metrics = self._step_metrics(rollout, update_stats, phases)
@@ -201,8 +210,10 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------------ generate
     def next_batch(self) -> dict:
-        """The next per-device batch of prompts, left-padded."""
-        return self.train_prompts.batch(self.sampler.next_indices())
+        """The next per-device batch of prompts, left-padded, each repeated num_generations times in adjacent rows
+        (a group). A process samples every completion of its prompts, so groups never span processes."""
+        group_size = self.args.num_generations
+        return self.train_prompts.batch([index for index in self.sampler.next_indices() for _ in range(group_size)])
 
     @torch.no_grad()
     def generate(self, batch: dict) -> Rollout:
@@ -214,36 +225,20 @@ class PPOTrainer:
             completion_ids, rollout_logprobs = self.generator.generate_with_logprobs(
                 batch["prompt_ids"], batch["prompt_mask"], self.args.temperature
             )
-        if completion_ids.shape[1] == 0:  # every sequence stopped at once; keep one pad column so shapes hold
-            rollout_logprobs = None
-            completion_ids = torch.full(
-                (completion_ids.shape[0], 1), self.tokenizer.pad_token_id, device=completion_ids.device
-            )
-        mask = completion_mask(completion_ids, self.tokenizer.eos_token_id, self.tokenizer.pad_token_id)
-        completion_ids = completion_ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
-        completions = completion_texts(self.tokenizer, batch["prompt_ids"], completion_ids)
-        return Rollout(
-            prompts=batch["prompts"],
-            columns=batch["columns"],
-            prompt_ids=batch["prompt_ids"],
-            prompt_mask=batch["prompt_mask"],
-            completion_ids=completion_ids,
-            completion_mask=mask,
-            completions=completions,
-            logprobs=rollout_logprobs.float() if rollout_logprobs is not None else None,
-        )
+        return Rollout.from_generation(batch, completion_ids, rollout_logprobs, self.tokenizer)
 
     # ------------------------------------------------------------------------------------------------ score
-    def _reference_logits(self, input_ids, attention_mask, position_ids):
+    def _reference_logits(self, input_ids, attention_mask, position_ids, logits_to_keep: int = 0):
         if self.ref_model is not None:
-            return self.ref_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return causal_lm_logits(self.ref_model, input_ids, attention_mask, position_ids, logits_to_keep)
         # LoRA: the reference is the same base with the adapters switched off, so no second copy is held.
         with self.policy.disable_adapter():
-            return self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return causal_lm_logits(self.policy, input_ids, attention_mask, position_ids, logits_to_keep)
 
     @torch.no_grad()
     def score(self, rollout: Rollout) -> None:
-        """Actor and reference log-probs, critic values and reward scores of a rollout (no gradients)."""
+        """Actor and reference log-probs, critic values (with a critic) and reward scores of a rollout (no
+        gradients)."""
         args = self.args
         self.model.eval()
         logprobs, rollout.ref_logprobs, values = score_forwards(
@@ -251,7 +246,8 @@ class PPOTrainer:
         )
         self.model.train()
         rollout.logprobs = logprobs if logprobs is not None else rollout.logprobs
-        rollout.values = values.float()  # GAE sums over the whole answer: bf16 would lose precision
+        # GAE sums over the whole answer: bf16 would lose precision. No critic: no values.
+        rollout.values = values.float() if values is not None else None
 
         step = self.state["global_step"]
         completions = as_completions(rollout.prompts, rollout.completions)
@@ -263,20 +259,14 @@ class PPOTrainer:
         rollout.raw_scores, rollout.score_parts = raw, parts
         ended = has_eos(rollout.completion_ids, self.tokenizer.eos_token_id).cpu()
         if args.score_normalization != "none":
-            self._update_normalizer(penalize_missing_eos(raw, ended, args.missing_eos_penalty), rollout.valid)
+            penalized = penalize_missing_eos(raw, ended, args.missing_eos_penalty)
+            self.score_normalizer.update_from_processes(penalized, rollout.valid, self.accelerator)
         scores = shape_scores(
             raw, ended, args.missing_eos_penalty, self.score_normalizer.statistics(), args.reward_clip
         )
         rollout.scores = scores.to(self.accelerator.device)
         if self.scorer.gold is not None:
             rollout.gold_scores = self.scorer.gold_scores(rollout.prompts, completions, rollout.columns, step)
-
-    def _update_normalizer(self, scores: torch.Tensor, valid: torch.Tensor) -> None:
-        """Running/reference score statistics from every process's valid scores."""
-        device = self.accelerator.device
-        gathered = self.accelerator.gather(scores.to(device)).cpu()
-        gathered_valid = self.accelerator.gather(valid.to(device)).cpu().bool()
-        self.score_normalizer.update(gathered[gathered_valid])
 
     def _measure_reference_scores(self) -> None:
         """score_normalization='reference': fix mean/std once from samples of the untrained (reference) policy."""
@@ -286,7 +276,7 @@ class PPOTrainer:
         scores, _, valid = self.scorer.rewards(
             rollout.prompts, completions, rollout.columns, rollout.completion_ids, self.state["global_step"]
         )
-        self._update_normalizer(scores, valid)
+        self.score_normalizer.update_from_processes(scores, valid, self.accelerator)
         self.sampler.load_state_dict(saved_sampler)
         logger.info(
             "reference score normalisation: mean %.4f std %.4f", self.score_normalizer.mean, self.score_normalizer.std
@@ -295,22 +285,19 @@ class PPOTrainer:
     # ------------------------------------------------------------------------------------------------ advantages
     @torch.no_grad()
     def compute_advantages(self, rollout: Rollout) -> None:
-        """KL-shaped per-token rewards, then GAE advantages and returns."""
-        args = self.args
-        mask = rollout.completion_mask.float()
-        loss_mask = rollout.loss_mask()
-        # Log-probs filled at padding before the estimator (k3 takes an exp): padding must not turn into NaN.
-        logprobs = fill_padding(rollout.logprobs, mask)
-        ref_logprobs = fill_padding(rollout.ref_logprobs, mask)
-        rollout.kl = fill_padding(kl_estimate(logprobs, ref_logprobs, args.kl_estimator), mask)
-        kl_coef = self.kl_controller.value if args.kl_in_reward else 0.0
-        rewards = shaped_rewards(rollout.scores, rollout.kl, mask, kl_coef)
-        if args.whiten_rewards:
-            rewards = masked_whiten(rewards, loss_mask, shift_mean=False)
-        advantages, returns = gae_advantages(rollout.values, rewards, mask, args.gamma, args.lam)
-        if args.whiten_advantages:
-            advantages = masked_whiten(advantages, loss_mask)
-        rollout.rewards, rollout.advantages, rollout.returns = rewards, advantages, returns
+        """Per-token KL, rewards, advantages and returns of the rollout (estimators.rollout_advantages): GAE with the
+        critic's values, or a critic-free estimator over this process's intact groups."""
+        kl_coef = self.kl_controller.value if self.args.kl_in_reward else 0.0
+        rollout.kl, rollout.rewards, rollout.advantages, rollout.returns = estimators.rollout_advantages(
+            rollout.scores,
+            rollout.values,
+            rollout.logprobs,
+            rollout.ref_logprobs,
+            rollout.completion_mask.float(),
+            rollout.loss_mask(),
+            self.args,
+            kl_coef,
+        )
 
     # ------------------------------------------------------------------------------------------------ update
     def update(self, rollout: Rollout) -> dict[str, float]:
@@ -323,6 +310,8 @@ class PPOTrainer:
         stats: dict[str, list[float]] = {}
         skipped = 0
         for _ in range(args.num_ppo_epochs):
+            # Mini-batches may mix the completions of different prompts: every advantage was computed on the whole
+            # rollout before this split, so an estimator's groups need not stay together here.
             order = torch.randperm(len(rollout)).tolist()
             for mini in micro_batches(len(rollout), args.local_mini_batch_size):
                 for micro in micro_batches(mini.stop - mini.start, args.micro_batch_size):
@@ -375,13 +364,11 @@ class PPOTrainer:
         metrics.update(update_stats)
         metrics.update(self.scorer.logged_metrics())  # what reward functions logged with log_metric
         metrics.update({f"time/{name}": seconds for name, seconds in phases.items()})
-        metrics.update(
-            {
-                "lr/actor": self.scheduler.get_last_lr()[0],
-                "lr/critic": self.scheduler.get_last_lr()[-1],
-                "objective/kl_coef": self.kl_controller.value,
-            }
-        )
+        metrics["memory/peak_rss_mib"] = peak_rss_mib()
+        metrics["lr/actor"] = self.scheduler.get_last_lr()[0]
+        if self.accelerator.unwrap_model(self.model).critic is not None:
+            metrics["lr/critic"] = self.scheduler.get_last_lr()[-1]
+        metrics["objective/kl_coef"] = self.kl_controller.value
         self.kl_controller.update(metrics["objective/kl"], self.args.rollout_batch_size)
         step, args = self.state["global_step"], self.args
         evaluating = str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps"
@@ -424,5 +411,11 @@ class PPOTrainer:
         logger.info("resumed from %s at step %d", path, self.state["global_step"])
 
     def save_model(self, output_dir: str | None = None) -> None:
-        """Actor (full weights or LoRA adapter) to output_dir, critic to output_dir/critic, EMA to output_dir/ema."""
+        """Actor (full weights or LoRA adapter) to output_dir, critic (if any) to output_dir/critic, EMA to
+        output_dir/ema."""
         self.checkpoints.save_model(self.model, self.tokenizer, output_dir or self.args.output_dir)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -2,6 +2,7 @@
 config of the deployment type, logs to ``<output_dir>/stepN.log``, and feeds its checkpoint to the next step.
 
     rlhf-trl e2e --recipe tiny --deployment-type cpu --output-dir outputs/demo
+    rlhf-trl e2e --recipe tiny --algorithm grpo --output-dir outputs/grpo
     rlhf-trl e2e --actor-model facebook/opt-1.3b --reward-model facebook/opt-350m --recipe opt-1.3b \
         --deployment-type single_node --actor-zero-stage 2 --reward-zero-stage 2 --output-dir outputs/opt
 """
@@ -26,6 +27,7 @@ from rlhf_trl.output_dir import (
     move_aside,
     visible_contents,
 )
+from rlhf_trl.ppo.estimators import ADVANTAGE_ESTIMATORS
 from rlhf_trl.redaction import redact_argv
 from rlhf_trl.scripts.step_progress import MetricsFollower, progress_line
 from rlhf_trl.steps import BY_NUMBER, STEP_NUMBERS, STEPS, Step
@@ -82,12 +84,28 @@ def build_parser() -> argparse.ArgumentParser:
         "an unfinished step from its last complete checkpoint, or restart it",
     )
     parser.add_argument("--samples", type=int, default=4, help="sample conversations printed at the end")
+    parser.add_argument(
+        "--algorithm",
+        default=None,
+        choices=ADVANTAGE_ESTIMATORS,
+        help="step 3's advantage estimator: the recipe's <algorithm>.yaml where it has one (e.g. grpo.yaml), else its "
+        "ppo.yaml with --advantage_estimator <algorithm> (default: ppo.yaml as it is)",
+    )
     return parser
 
 
 def recipe_file(step: int, variant: str | None) -> str:
     name = BY_NUMBER[step].recipe
     return name if not variant else name.replace(".yaml", f"-{variant}.yaml")
+
+
+def step3_recipe(recipe: Path, variant: str | None, algorithm: str | None) -> tuple[Path, list[str]]:
+    """Step 3's config file and the flags added to it for ``--algorithm``: the recipe's own ``<algorithm>.yaml``
+    (settings tuned for that estimator), else ppo.yaml with ``--advantage_estimator <algorithm>``."""
+    if algorithm is not None and (recipe / f"{algorithm}.yaml").exists():
+        return recipe / f"{algorithm}.yaml", []
+    extra = ["--advantage_estimator", algorithm] if algorithm is not None else []
+    return recipe / recipe_file(3, variant), extra
 
 
 def recipe_dir(recipe: str, variant: str | None = None) -> Path:
@@ -104,12 +122,9 @@ def recipe_dir(recipe: str, variant: str | None = None) -> Path:
 
 
 def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
-    arguments = [
-        "--config",
-        str(recipe / recipe_file(step, args.variant)),
-        "--output_dir",
-        str(output / BY_NUMBER[step].folder),
-    ]
+    configs = {number: recipe / recipe_file(number, args.variant) for number in STEP_NUMBERS}
+    configs[3], algorithm_flags = step3_recipe(recipe, args.variant, args.algorithm)
+    arguments = ["--config", str(configs[step]), "--output_dir", str(output / BY_NUMBER[step].folder)]
     step_dir = output / BY_NUMBER[step].folder
     if args.resume and visible_contents(step_dir):
         # An unfinished step: continue from its last complete checkpoint, or start it again with what it left
@@ -117,7 +132,7 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
         has_checkpoint = latest_complete_checkpoint(step_dir) is not None
         arguments += ["--resume_from_checkpoint", "true"] if has_checkpoint else ["--overwrite_output_dir"]
     # Every step knows which datasets the others read, so data_split cuts only the datasets steps share.
-    arguments += ["--pipeline_configs", *(str(recipe / recipe_file(other, args.variant)) for other in STEP_NUMBERS)]
+    arguments += ["--pipeline_configs", *(str(configs[other]) for other in STEP_NUMBERS)]
     if step == 1 and args.actor_model:
         arguments += ["--model_name_or_path", args.actor_model]
     if step == 2 and args.reward_init == "sft":
@@ -125,6 +140,7 @@ def step_arguments(step: int, args, recipe: Path, output: Path) -> list[str]:
     elif step == 2 and args.reward_model:
         arguments += ["--model_name_or_path", args.reward_model]
     if step == 3:
+        arguments += algorithm_flags
         arguments += ["--model_name_or_path", str(output / BY_NUMBER[1].folder)]
         arguments += ["--reward_model_path", str(output / BY_NUMBER[2].folder)]
     return arguments

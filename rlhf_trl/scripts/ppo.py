@@ -1,4 +1,5 @@
-"""Step 3: PPO with our PPOTrainer (actor from SFT, critic and reward from step 2, frozen reference).
+"""Step 3: PPO with our PPOTrainer (actor from SFT, critic and reward from step 2, frozen reference); with a
+critic-free advantage estimator (advantage_estimator: grpo, rloo, ...) no critic is loaded.
 
 rlhf-trl ppo --config recipes/tiny/ppo.yaml [--field value ...]
 accelerate launch --config_file accelerate_configs/zero2.yaml -m rlhf_trl.scripts.ppo --config ...
@@ -16,7 +17,7 @@ from rlhf_trl.configs import RunArguments
 from rlhf_trl.data import DataArguments, load_step_datasets
 from rlhf_trl.models import check_same_vocabulary, match_embeddings, resolve_model_name
 from rlhf_trl.ppo.config import PPOConfig
-from rlhf_trl.ppo.trainer import PPOTrainer
+from rlhf_trl.ppo.trainer import PPOTrainer, peak_rss_mib
 from rlhf_trl.scripts.common import (
     StepError,
     finish_step,
@@ -32,6 +33,9 @@ from rlhf_trl.scripts.common import (
 from rlhf_trl.steps import PPO
 
 HYPERPARAMETERS = [
+    "advantage_estimator",
+    "num_generations",
+    "loss_type",
     "learning_rate",
     "critic_learning_rate",
     "max_steps",
@@ -101,17 +105,19 @@ def main(argv=None) -> int:
     if training_args.reward_model_path:
         reward_path = resolve_model_name(training_args.reward_model_path)
         reward_tokenizer = load_pretrained(AutoTokenizer, reward_path, "reward model", **remote_code)
-    value_path = resolve_model_name(training_args.value_model_path or training_args.reward_model_path)
-    if value_path is None:
-        raise StepError("without a reward model, set value_model_path to initialise the critic")
-    # The critic reads the actor's token ids: its vocabulary must be the actor's (checked before any model loads).
-    critic_tokenizer = load_tokenizer(
-        value_path, "value model", training_args.pad_token, training_args.trust_remote_code
-    )
-    try:
-        check_same_vocabulary(tokenizer, critic_tokenizer, f"value model {value_path}")
-    except ValueError as error:
-        raise StepError(str(error)) from error
+    value_path = None
+    if training_args.uses_critic:
+        value_path = resolve_model_name(training_args.value_model_path or training_args.reward_model_path)
+        if value_path is None:
+            raise StepError("without a reward model, set value_model_path to initialise the critic")
+        # The critic reads the actor's token ids: its vocabulary must be the actor's (checked before any model loads).
+        critic_tokenizer = load_tokenizer(
+            value_path, "value model", training_args.pad_token, training_args.trust_remote_code
+        )
+        try:
+            check_same_vocabulary(tokenizer, critic_tokenizer, f"value model {value_path}")
+        except ValueError as error:
+            raise StepError(str(error)) from error
     reward_funcs = load_functions(training_args.reward_funcs, "reward_funcs")
     gold_funcs = load_functions([run_args.gold_scorer], "gold_scorer") if run_args.gold_scorer else None
     data = load_step_datasets(data_args, step=3)
@@ -134,12 +140,15 @@ def main(argv=None) -> int:
         )
         if reward_model.config.pad_token_id is None:
             reward_model.config.pad_token_id = reward_tokenizer.pad_token_id
-    # With LoRA the critic's base may be quantized like the actor's; without it the critic trains in full precision.
-    critic_kwargs = init_kwargs if model_args.use_peft and training_args.critic_lora else remote_code
-    critic = load_pretrained(
-        AutoModelForSequenceClassification, value_path, "value model", num_labels=1, **critic_kwargs
-    )
-    match_embeddings(critic, tokenizer)
+    critic = None
+    if value_path is not None:
+        # With LoRA the critic's base may be quantized like the actor's; without it the critic trains in full
+        # precision.
+        critic_kwargs = init_kwargs if model_args.use_peft and training_args.critic_lora else remote_code
+        critic = load_pretrained(
+            AutoModelForSequenceClassification, value_path, "value model", num_labels=1, **critic_kwargs
+        )
+        match_embeddings(critic, tokenizer)
 
     trainer = PPOTrainer(
         args=training_args,
@@ -161,6 +170,11 @@ def main(argv=None) -> int:
     if trainer.log_history:
         last = trainer.log_history[-1]
         final_metrics.update({key: value for key, value in last.items() if key.startswith(("objective/", "time/"))})
+    # What a critic-free run saves against PPO: the process's peak memory and the mean wall time of a step.
+    final_metrics["memory/peak_rss_mib"] = peak_rss_mib()
+    steps_run = trainer.state["global_step"]
+    if steps_run:
+        final_metrics["time/mean_step_s"] = trainer.timings["step_s"] / steps_run
     final_metrics["rollout_backend"] = trainer.rollout_backend_in_use
     output.save_final(lambda folder: trainer.save_model(str(folder)))
     if trainer.accelerator.is_main_process:
