@@ -93,7 +93,7 @@ def test_source_spec_forms():
 
 def test_tiny_sort_steps_follow_task_and_sizes(small_tiny_sizes):
     first = load_step_datasets(DataArguments(datasets=["tiny-sort"]), 1)
-    assert len(first.train) == 50 and len(first.eval) == 200
+    assert len(first.train) == 50 and len(first.eval) == tiny_sort.EVAL_PROMPTS
     expected = {(record["prompt"], record["completion"]) for record in task.make_records("sft", 50)}
     assert {(row["prompt"], row["completion"]) for row in first.train} == expected
     for row in first.eval:
@@ -101,7 +101,7 @@ def test_tiny_sort_steps_follow_task_and_sizes(small_tiny_sizes):
 
     second = load_step_datasets(DataArguments(datasets=["tiny-sort"]), 2)
     assert len(second.train) == 40 and set(second.train.column_names) == {"prompt", "chosen", "rejected"}
-    eval_prompts = {row["prompt"] for row in task.make_records("eval", 200)}
+    eval_prompts = {row["prompt"] for row in task.make_records("eval", tiny_sort.EVAL_PROMPTS)}
     assert {row["prompt"] for row in second.eval} == eval_prompts
     for row in second.eval:
         assert task.gold_score(row["prompt"], row["chosen"]) == 1.0

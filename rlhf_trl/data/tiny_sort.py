@@ -13,7 +13,7 @@ from ..tiny import task
 NAME = "tiny-sort"
 # Records per step (1: SFT demonstrations, 2: preference pairs, 3: PPO prompts); tune to make runs shorter/longer.
 TINY_SIZES = {1: 4000, 2: 6000, 3: 2048}
-EVAL_PROMPTS = 200
+EVAL_PROMPTS = task.EVAL_PROMPTS  # held-out prompts of every step
 # Flaws given to the rejected answers of the eval pairs, in turn; "drop" and "ramble" always change the answer.
 _EVAL_FLAWS = ("copy", "ramble", "drop", "swap")
 

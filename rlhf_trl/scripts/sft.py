@@ -77,7 +77,7 @@ def as_prompt_completion(dataset, name: str):
     return converted
 
 
-def gold_prompts(dataset, limit: int = 200) -> list:
+def gold_prompts(dataset, limit: int = 1000) -> list:
     """Prompts (text or conversations) of an eval set with a 'prompt' column; none for plain-text eval sets."""
     if dataset is None or "prompt" not in dataset.column_names:
         return []
