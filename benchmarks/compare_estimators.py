@@ -10,7 +10,10 @@ score curves against samples and training time, and summarised as ``summary.json
 table) and ``curves.png`` (mean over seeds with a min/max band).
 
     python benchmarks/compare_estimators.py --base-dir /tmp/base --runs-dir /tmp/compare \\
-        --algorithms ppo_gae trl_grpo trl_rloo --seeds 42 7 1
+        --algorithms ppo_gae grpo rloo trl_grpo trl_rloo --seeds 42 7 1 --into-run-dir /tmp/base
+
+Our rows run ``rlhf-trl ppo`` with the recipe ``rlhf-trl e2e --algorithm NAME`` runs (recipes/tiny/<name>.yaml,
+ppo.yaml for gae); a TRL row takes its settings from the recipe of the estimator it mirrors.
 """
 
 from __future__ import annotations
@@ -27,58 +30,81 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
-PPO_RECIPE = REPOSITORY / "rlhf_trl" / "recipes" / "tiny" / "ppo.yaml"
+TINY_RECIPE = REPOSITORY / "rlhf_trl" / "recipes" / "tiny"
+PPO_RECIPE = TINY_RECIPE / "ppo.yaml"
 TRL_REFERENCE = REPOSITORY / "benchmarks" / "trl_reference" / "run_trl_reference.py"
-# Group size of the critic-free runs: 8 prompts x 8 completions = the PPO recipe's 64 completions per step.
-GROUP_SIZE = 8
+# Where --into-run-dir puts summary.json, summary.md and curves.png (shown by ``rlhf-trl report RUN_DIR``).
+COMPARISON_FOLDER = "comparison"
 
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One row of the comparison. ``runner`` is "ours" (``rlhf-trl ppo`` with the tiny PPO recipe) or "trl"
-    (benchmarks/trl_reference/run_trl_reference.py); ``options`` are extra command-line flags of that runner."""
+    """One row of the comparison. ``runner`` is "ours" (``rlhf-trl ppo``) or "trl"
+    (benchmarks/trl_reference/run_trl_reference.py); ``estimator`` names the tiny recipe the run follows, chosen as
+    ``rlhf-trl e2e --algorithm ESTIMATOR`` chooses it (recipes/tiny/<estimator>.yaml, else ppo.yaml); ``options``
+    are extra command-line flags of the runner. A TRL run takes that recipe's sampling, batch, optimiser and budget
+    settings, and its ``kl_coef`` as ``--beta`` when ``match_kl`` (else TRL's default beta)."""
 
     name: str
     runner: str
     options: tuple[str, ...]
     description: str
+    estimator: str = "gae"
+    match_kl: bool = True
 
 
-# Adding one of our estimators is one entry here, e.g.
-#   Algorithm("grpo", "ours", ("--advantage_estimator", "grpo", ...), "ours: GRPO"),
 ALGORITHMS = {
     algorithm.name: algorithm
     for algorithm in (
-        Algorithm("ppo_gae", "ours", (), "ours: PPO with critic and GAE (tiny recipe, KL 0.3 in the reward)"),
+        Algorithm("ppo_gae", "ours", (), "ours: PPO with critic and GAE (ppo.yaml)", "gae"),
+        Algorithm("grpo", "ours", (), "ours: GRPO (grpo.yaml)", "grpo"),
+        Algorithm("dr_grpo", "ours", (), "ours: Dr. GRPO (dr_grpo.yaml)", "dr_grpo"),
+        Algorithm("rloo", "ours", (), "ours: RLOO (rloo.yaml)", "rloo"),
+        Algorithm("reinforce_pp", "ours", (), "ours: REINFORCE++ (reinforce_pp.yaml)", "reinforce_pp"),
+        Algorithm(
+            "reinforce_pp_baseline",
+            "ours",
+            (),
+            "ours: REINFORCE++ with a group baseline (reinforce_pp_baseline.yaml)",
+            "reinforce_pp_baseline",
+        ),
         Algorithm(
             "trl_grpo",
             "trl",
-            ("--trainer", "grpo", "--beta", "0.3", "--num-generations", str(GROUP_SIZE)),
-            "TRL GRPOTrainer, scale_rewards=group, loss dapo, k3 KL in the loss with beta 0.3",
+            ("--trainer", "grpo"),
+            "TRL GRPOTrainer with grpo.yaml's settings: scale_rewards=group, loss dapo, k3 KL in the loss, beta = "
+            "kl_coef",
+            "grpo",
         ),
         Algorithm(
             "trl_dr_grpo",
             "trl",
-            ("--trainer", "grpo", "--beta", "0.3", "--scale-rewards", "none", "--loss-type", "dr_grpo"),
-            "TRL GRPOTrainer, scale_rewards=none, loss dr_grpo, k3 KL in the loss with beta 0.3",
+            ("--trainer", "grpo", "--scale-rewards", "none", "--loss-type", "dr_grpo"),
+            "TRL GRPOTrainer with dr_grpo.yaml's settings: scale_rewards=none, loss dr_grpo, beta = kl_coef",
+            "dr_grpo",
         ),
         Algorithm(
             "trl_rloo",
             "trl",
-            ("--trainer", "rloo", "--beta", "0.3", "--num-generations", str(GROUP_SIZE)),
-            "TRL RLOOTrainer, k1 KL in the reward with beta 0.3 (our kl_coef)",
+            ("--trainer", "rloo", "--normalize-advantages"),
+            "TRL RLOOTrainer with rloo.yaml's settings: k1 KL in the reward, beta = kl_coef, advantages normalised",
+            "rloo",
         ),
         Algorithm(
             "trl_grpo_beta0",
             "trl",
-            ("--trainer", "grpo", "--num-generations", str(GROUP_SIZE)),
-            "TRL GRPOTrainer with TRL's defaults (beta 0: no KL)",
+            ("--trainer", "grpo"),
+            "TRL GRPOTrainer as trl_grpo with TRL's default beta (0: no KL)",
+            "grpo",
+            match_kl=False,
         ),
         Algorithm(
             "trl_rloo_beta005",
             "trl",
-            ("--trainer", "rloo", "--num-generations", str(GROUP_SIZE)),
-            "TRL RLOOTrainer with TRL's defaults (beta 0.05)",
+            ("--trainer", "rloo", "--normalize-advantages"),
+            "TRL RLOOTrainer as trl_rloo with TRL's default beta (0.05)",
+            "rloo",
+            match_kl=False,
         ),
     )
 }
@@ -102,20 +128,52 @@ class RunResult:
 # Running
 
 
-def recipe_budget(recipe: Path = PPO_RECIPE) -> tuple[int, int]:
-    """(completions trained on in all, completions between evaluations) of the PPO recipe on one process."""
+def recipe_file(estimator: str) -> tuple[Path, list[str]]:
+    """The tiny step-3 recipe and extra flags that ``rlhf-trl e2e --algorithm ESTIMATOR`` runs."""
+    from rlhf_trl.scripts.e2e import step3_recipe
+
+    return step3_recipe(TINY_RECIPE, None, estimator)
+
+
+def recipe_settings(recipe: Path) -> dict:
     import yaml
 
-    settings = yaml.safe_load(recipe.read_text())
-    per_step = int(settings["per_device_train_batch_size"])
+    return yaml.safe_load(recipe.read_text())
+
+
+def recipe_budget(recipe: Path = PPO_RECIPE) -> tuple[int, int]:
+    """(completions trained on in all, completions between evaluations) of a tiny step-3 recipe on one process:
+    per_device_train_batch_size counts prompts, each sampled num_generations times."""
+    settings = recipe_settings(recipe)
+    per_step = int(settings["per_device_train_batch_size"]) * int(settings.get("num_generations", 1))
     return int(settings["max_steps"]) * per_step, int(settings["eval_steps"]) * per_step
+
+
+def trl_recipe_options(recipe: Path, match_kl: bool) -> list[str]:
+    """run_trl_reference.py flags that follow a tiny step-3 recipe: group split, mini-batches, epochs, learning
+    rate, temperature, completion length, budget, evaluation schedule and prompts, and kl_coef as beta."""
+    settings = recipe_settings(recipe)
+    samples, eval_every = recipe_budget(recipe)
+    options = [
+        "--num-samples", str(samples), "--eval-every-samples", str(eval_every),
+        "--eval-prompts", str(settings["eval_prompts_limit"]),
+        "--prompts-per-step", str(settings["per_device_train_batch_size"]),
+        "--num-generations", str(settings.get("num_generations", 1)),
+        "--mini-batches", str(settings["num_mini_batches"]), "--epochs", str(settings["num_ppo_epochs"]),
+        "--learning-rate", str(settings["learning_rate"]), "--temperature", str(settings["temperature"]),
+        "--max-new-tokens", str(settings["max_new_tokens"]),
+    ]  # fmt: skip
+    if match_kl:
+        options += ["--beta", str(settings["kl_coef"])]
+    return options
 
 
 def run_command(algorithm: Algorithm, base_dir: Path, run_dir: Path, seed: int) -> list[str]:
     sft, reward, output = str(base_dir / "step1_sft"), str(base_dir / "step2_reward"), str(run_dir / "output")
+    recipe, recipe_flags = recipe_file(algorithm.estimator)
     if algorithm.runner == "ours":
         return [
-            sys.executable, "-m", "rlhf_trl.cli", "ppo", "--config", str(PPO_RECIPE),
+            sys.executable, "-m", "rlhf_trl.cli", "ppo", "--config", str(recipe), *recipe_flags,
             "--model_name_or_path", sft, "--reward_model_path", reward, "--output_dir", output,
             "--seed", str(seed),
             # Every step logged, so the training time up to each evaluation is the sum of the steps' time/*.
@@ -123,12 +181,10 @@ def run_command(algorithm: Algorithm, base_dir: Path, run_dir: Path, seed: int) 
             *algorithm.options,
         ]  # fmt: skip
     if algorithm.runner == "trl":
-        samples, eval_every = recipe_budget()
         return [
             sys.executable, str(TRL_REFERENCE), "--sft-model", sft, "--reward-model", reward,
-            "--output-dir", output, "--seed", str(seed), "--num-samples", str(samples),
-            "--eval-every-samples", str(eval_every), "--skip-initial-eval",
-            *algorithm.options,
+            "--output-dir", output, "--seed", str(seed), "--skip-initial-eval",
+            *trl_recipe_options(recipe, algorithm.match_kl), *algorithm.options,
         ]  # fmt: skip
     raise ValueError(f"algorithm {algorithm.name}: unknown runner {algorithm.runner!r} (ours or trl)")
 
@@ -390,11 +446,15 @@ def sft_baseline(base_dir: Path) -> dict:
     sys.path.insert(0, str(TRL_REFERENCE.parent))
     from run_trl_reference import RewardModelReward, held_out_scores
 
+    settings = recipe_settings(PPO_RECIPE)
     reward = RewardModelReward(str(base_dir / "step2_reward"))
-    return held_out_scores(str(base_dir / "step1_sft"), reward, 200, 12)
+    return held_out_scores(
+        str(base_dir / "step1_sft"), reward, int(settings["eval_prompts_limit"]), int(settings["max_new_tokens"])
+    )
 
 
 def write_outputs(summary: dict, runs_dir: Path) -> None:
+    runs_dir.mkdir(parents=True, exist_ok=True)
     (runs_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (runs_dir / "summary.md").write_text(markdown_table(summary))
     plot(summary, runs_dir / "curves.png")
@@ -407,13 +467,28 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--algorithms",
         nargs="+",
-        default=["ppo_gae", "trl_grpo", "trl_rloo"],
+        default=[
+            "ppo_gae",
+            "grpo",
+            "dr_grpo",
+            "rloo",
+            "reinforce_pp",
+            "reinforce_pp_baseline",
+            "trl_grpo",
+            "trl_rloo",
+        ],
         choices=sorted(ALGORITHMS),
         help="Rows of the comparison.",
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 7, 1])
     parser.add_argument("--rerun", action="store_true", help="Run again the runs that finished before.")
     parser.add_argument("--no-run", action="store_true", help="Only read the finished runs and summarise them.")
+    parser.add_argument(
+        "--into-run-dir",
+        default=None,
+        help=f"Also write the summary files into RUN_DIR/{COMPARISON_FOLDER}/ (e.g. the e2e run of --base-dir), "
+        "where `rlhf-trl report RUN_DIR` shows them.",
+    )
     return parser
 
 
@@ -440,7 +515,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(parse_run(run_dir, algorithm, seed))
     summary = summarise(results, sft_baseline(base_dir))
     summary["command"] = " ".join(["python", "benchmarks/compare_estimators.py", *(argv or sys.argv[1:])])
+    summary["descriptions"] = {name: ALGORITHMS[name].description for name in arguments.algorithms}
     write_outputs(summary, runs_dir)
+    if arguments.into_run_dir is not None:
+        write_outputs(summary, Path(arguments.into_run_dir) / COMPARISON_FOLDER)
     print(markdown_table(summary))
     return 0
 

@@ -132,9 +132,72 @@ def test_every_algorithm_has_a_command(harness, tmp_path):
     ours = harness.run_command(harness.ALGORITHMS["ppo_gae"], tmp_path, tmp_path / "run", 7)
     assert ours[ours.index("--logging_steps") + 1] == "1"
     trl = harness.run_command(harness.ALGORITHMS["trl_rloo"], tmp_path, tmp_path / "run", 7)
-    # The tiny PPO recipe's budget: 80 steps x 64 completions, evaluated every 20 steps.
-    assert trl[trl.index("--num-samples") + 1] == "5120"
-    assert trl[trl.index("--eval-every-samples") + 1] == "1280"
+    # The tiny PPO recipe's budget: 100 steps x 64 completions, evaluated every 50 steps on all 1000 held-out prompts.
+    assert trl[trl.index("--num-samples") + 1] == "6400"
+    assert trl[trl.index("--eval-every-samples") + 1] == "3200"
+    assert trl[trl.index("--eval-prompts") + 1] == "1000"
+
+
+def flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_each_estimator_runs_the_recipe_of_rlhf_trl_e2e_algorithm(harness, tmp_path):
+    from rlhf_trl.scripts.e2e import recipe_dir, step3_recipe
+
+    recipes = recipe_dir("tiny")
+    estimators = ("grpo", "dr_grpo", "rloo", "reinforce_pp", "reinforce_pp_baseline")
+    for estimator in ("gae", *estimators):
+        name = "ppo_gae" if estimator == "gae" else estimator
+        algorithm = harness.ALGORITHMS[name]
+        assert algorithm.runner == "ours"
+        command = harness.run_command(algorithm, tmp_path, tmp_path / "run", 7)
+        config, extra = step3_recipe(recipes, None, estimator)
+        assert Path(flag(command, "--config")).resolve() == config.resolve()
+        assert command[command.index("--config") + 2 :][: len(extra)] == extra
+        expected = "ppo.yaml" if estimator == "gae" else f"{estimator}.yaml"
+        assert Path(flag(command, "--config")).name == expected
+        # Every estimator recipe keeps ppo.yaml's budget: 6400 completions, evaluated every 3200.
+        assert harness.recipe_budget(config) == (6400, 3200)
+    assert set(estimators) | {"ppo_gae"} <= set(
+        harness.make_parser().parse_args(["--base-dir", "b", "--runs-dir", "r"]).algorithms
+    )
+
+
+def test_trl_rows_take_their_recipe_settings(harness, tmp_path):
+    grpo = harness.run_command(harness.ALGORITHMS["trl_grpo"], tmp_path, tmp_path / "run", 7)
+    settings = harness.recipe_settings(harness.TINY_RECIPE / "grpo.yaml")
+    assert float(flag(grpo, "--beta")) == settings["kl_coef"]
+    assert float(flag(grpo, "--learning-rate")) == settings["learning_rate"]
+    assert float(flag(grpo, "--temperature")) == settings["temperature"]
+    assert int(flag(grpo, "--num-generations")) * int(flag(grpo, "--prompts-per-step")) == 64
+    assert flag(grpo, "--trainer") == "grpo"
+    dr_grpo = harness.run_command(harness.ALGORITHMS["trl_dr_grpo"], tmp_path, tmp_path / "run", 7)
+    assert float(flag(dr_grpo, "--beta")) == harness.recipe_settings(harness.TINY_RECIPE / "dr_grpo.yaml")["kl_coef"]
+    assert (flag(dr_grpo, "--scale-rewards"), flag(dr_grpo, "--loss-type")) == ("none", "dr_grpo")
+    rloo = harness.run_command(harness.ALGORITHMS["trl_rloo"], tmp_path, tmp_path / "run", 7)
+    assert "--normalize-advantages" in rloo and flag(rloo, "--trainer") == "rloo"
+    # The default-beta rows leave beta to TRL.
+    for name in ("trl_grpo_beta0", "trl_rloo_beta005"):
+        assert "--beta" not in harness.run_command(harness.ALGORITHMS[name], tmp_path, tmp_path / "run", 7)
+
+
+def test_report_shows_the_comparison_of_a_run_dir(harness, results, tmp_path):
+    from rlhf_trl.reporting.report import build_report
+
+    run_dir = tmp_path / "e2e"
+    (run_dir / "step1_sft").mkdir(parents=True)
+    (run_dir / "step1_sft" / "run_info.json").write_text(json.dumps({"step_name": "sft", "final_metrics": {}}))
+    without = build_report(run_dir)
+    assert "Estimator comparison" not in without
+    summary = harness.summarise(results, {"gold_score": 0.65, "score": 1.8})
+    summary["descriptions"] = {name: harness.ALGORITHMS[name].description for name in ("ppo_gae", "trl_grpo")}
+    harness.write_outputs(summary, run_dir / harness.COMPARISON_FOLDER)
+    text = build_report(run_dir)
+    assert "<h2>Estimator comparison</h2>" in text
+    assert "<td>ppo_gae</td>" in text and "0.8000 [0.7000, 0.9000]" in text
+    assert "<td>trl_grpo</td>" in text and "<td>1, 2</td>" in text  # reward hacking seeds
+    assert text.count('src="data:image/png;base64,') == without.count('src="data:image/png;base64,') + 1
 
 
 def test_help_and_missing_base_models(harness, tmp_path, capsys):

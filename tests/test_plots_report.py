@@ -229,3 +229,27 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     not_white = (image < 0.95).any(axis=-1).mean()
     assert not_white > 0.02, "the screenshot is blank"
     assert image.std() > 0.05
+
+
+def test_report_shows_an_estimator_comparison_when_the_run_dir_holds_one(run_dir):
+    assert "Estimator comparison" not in build_report(run_dir)
+    folder = run_dir / "comparison"
+    folder.mkdir()
+    spread = {"mean": 0.81, "min": 0.8, "max": 0.82}
+    summary = {
+        "baseline": {"gold_score": 0.79, "score": 1.6},
+        "command": "python benchmarks/compare_estimators.py --seeds 42 7 1",
+        "algorithms": {
+            HOSTILE_COMPLETION: {"seeds": [42, 7, 1], "gold_score": spread, "gold_change": 0.02, "hacking_seeds": []},
+            "grpo": {"seeds": [42], "gold_score": spread, "hacking_seeds": [42]},
+        },
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    text = build_report(run_dir)
+    assert "<h2>Estimator comparison</h2>" in text and "0.8100 [0.8000, 0.8200]" in text
+    assert html_escaped(HOSTILE_COMPLETION) in text and "<td>42</td>" in text
+    assert "No curves.png" in text
+    plot_step(run_dir / "step1_sft", destination=folder)
+    next(folder.glob("*.png")).rename(folder / "curves.png")
+    with_plot = build_report(run_dir)
+    assert with_plot.count('src="data:image/png;base64,') == text.count('src="data:image/png;base64,') + 1

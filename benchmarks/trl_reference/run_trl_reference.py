@@ -8,7 +8,7 @@ after, the curve of both against samples and training time, the training time, p
 See README.md next to this file.
 
     python benchmarks/trl_reference/run_trl_reference.py --trainer grpo \\
-        --sft-model outputs/tiny/step1_sft --reward-model outputs/tiny/step2_reward --num-samples 5120
+        --sft-model outputs/tiny/step1_sft --reward-model outputs/tiny/step2_reward --num-samples 6400
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reward-model", required=True, help="Step-2 reward model folder (sequence classification).")
     parser.add_argument("--output-dir", required=True, help="Where TRL writes the trained policy and result.json.")
     parser.add_argument(
-        "--num-samples", type=int, default=5120, help="Sample budget: completions generated for training in all."
+        "--num-samples",
+        type=int,
+        default=6400,
+        help="Sample budget: completions generated for training in all (the tiny PPO recipe's 100 steps x 64).",
     )
     parser.add_argument("--prompts-per-step", type=int, default=8, help="Prompts per optimizer step (per process).")
     parser.add_argument("--num-generations", type=int, default=8, help="Completions per prompt (group size G).")
@@ -72,13 +75,24 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--scale-rewards", choices=("group", "batch", "none"), default=None, help="GRPO only; default: TRL's."
     )
-    parser.add_argument("--eval-prompts", type=int, default=200, help="Held-out prompts answered greedily (max 200).")
+    parser.add_argument(
+        "--normalize-advantages",
+        action="store_true",
+        help="RLOO only: TRL normalize_advantages (as our whiten_advantages, which rloo.yaml sets).",
+    )
+    parser.add_argument(
+        "--eval-prompts",
+        type=int,
+        default=1000,
+        help="Held-out prompts answered greedily, the first ones of tiny-sort's held-out set (all 1000 by default, "
+        "as the tiny recipes' eval_prompts_limit).",
+    )
     parser.add_argument(
         "--eval-every-samples",
         type=int,
-        default=1280,
+        default=3200,
         help="Also evaluate on the held-out prompts each time this many completions were trained on (the tiny PPO "
-        "recipe's eval_steps 20 x 64); 0: only at the end.",
+        "recipe's eval_steps 50 x 64); 0: only at the end.",
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument(
@@ -109,6 +123,8 @@ def check_arguments(arguments: argparse.Namespace) -> None:
         raise BadInput(f"--num-generations {arguments.num_generations}: GRPO and RLOO compare 2 or more completions")
     if arguments.trainer == "rloo" and (arguments.loss_type or arguments.scale_rewards):
         raise BadInput("--loss-type and --scale-rewards are GRPO options; RLOOTrainer has a sequence-level loss")
+    if arguments.trainer == "grpo" and arguments.normalize_advantages:
+        raise BadInput("--normalize-advantages is an RLOO option; GRPO scales rewards with --scale-rewards")
 
 
 class RewardModelReward:
@@ -216,6 +232,8 @@ def build_trainer(arguments: argparse.Namespace, reward: RewardModelReward, worl
             options["scale_rewards"] = arguments.scale_rewards
         config_class, trainer_class = GRPOConfig, GRPOTrainer
     else:
+        if arguments.normalize_advantages:
+            options["normalize_advantages"] = True
         config_class, trainer_class = RLOOConfig, RLOOTrainer
     config = config_class(**options)
     tokenizer = AutoTokenizer.from_pretrained(arguments.sft_model)
@@ -301,6 +319,8 @@ def run(arguments: argparse.Namespace) -> dict:
         "scale_rewards": getattr(config, "scale_rewards", None),
         "beta": config.beta,
         "learning_rate": arguments.learning_rate,
+        "temperature": arguments.temperature,
+        "normalize_advantages": getattr(config, "normalize_advantages", None),
         "eval_prompts": eval_count,
         "initial_eval_gold_score": None if before is None else before["gold_score"],
         "initial_eval_score": None if before is None else before["score"],

@@ -3,8 +3,10 @@
 ``OUTPUT_DIR`` is the folder of ``rlhf-trl e2e`` holding ``step1_sft/``, ``step2_reward/`` and ``step3_ppo/`` (any
 of them) and optionally ``e2e_summary.json``; a single step's output folder works too. For each step the page shows
 its lineage and settings (run_info.json), its final metrics and time, its training curves as embedded PNG images
-and, for PPO, sample conversations from the first and last logged steps. Everything is inline: the page loads no
-file and no URL, so it can be mailed or archived alone. All text from the run is HTML-escaped.
+and, for PPO, sample conversations from the first and last logged steps. When the folder holds ``comparison/``
+(benchmarks/compare_estimators.py --into-run-dir), the page ends with the estimator comparison: its table and plot.
+Everything is inline: the page loads no file and no URL, so it can be mailed or archived alone. All text from the
+run is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -180,6 +182,75 @@ def summary_section(summary: dict | None) -> str:
     return f"<h2>Pipeline summary</h2><table>{header}{rows}</table><p>Total wall time: {total:.1f} s</p>"
 
 
+# Folder of a run directory where benchmarks/compare_estimators.py --into-run-dir writes its summary.
+COMPARISON_FOLDER = "comparison"
+
+
+def spread_text(value: dict | None, digits: int) -> str:
+    """``mean [min, max]`` of a {mean, min, max} entry of the comparison summary."""
+    if not isinstance(value, dict):
+        return "&mdash;"
+    mean, low, high = (value.get(key) for key in ("mean", "min", "max"))
+    if not all(isinstance(number, (int, float)) for number in (mean, low, high)):
+        return "&mdash;"
+    if low == high:
+        return escape(f"{mean:.{digits}f}")
+    return escape(f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]")
+
+
+def comparison_section(run_dir: Path) -> str:
+    """The estimator comparison (benchmarks/compare_estimators.py) when ``run_dir/comparison`` holds one: a table
+    of held-out gold and reward score, train time and peak memory per algorithm over seeds, and the curves plot."""
+    folder = run_dir / COMPARISON_FOLDER
+    summary = read_json(folder / "summary.json")
+    if summary is None:
+        return ""
+    algorithms = summary.get("algorithms") or {}
+    baseline = summary.get("baseline") or {}
+    descriptions = summary.get("descriptions") or {}
+    header = (
+        "<tr><th>algorithm</th><th>seeds</th><th>held-out gold</th><th>gold &minus; SFT</th>"
+        "<th>held-out reward score</th><th>train time (s)</th><th>peak RSS (MiB)</th>"
+        "<th>reward hacking (seeds)</th><th>what</th></tr>"
+    )
+    rows = []
+    for name, entry in algorithms.items():
+        hacking = entry.get("hacking_seeds")
+        rows.append(
+            f"<tr><td>{escape(name)}</td><td>{escape(', '.join(map(str, entry.get('seeds', []))))}</td>"
+            f'<td class="number">{spread_text(entry.get("gold_score"), 4)}</td>'
+            f'<td class="number">{format_value(entry.get("gold_change"))}</td>'
+            f'<td class="number">{spread_text(entry.get("score"), 3)}</td>'
+            f'<td class="number">{spread_text(entry.get("train_time_s"), 1)}</td>'
+            f'<td class="number">{spread_text(entry.get("peak_rss_mib"), 0)}</td>'
+            f"<td>{'&mdash;' if hacking is None else escape(', '.join(map(str, hacking)) or 'none')}</td>"
+            f"<td>{escape(descriptions.get(name, ''))}</td></tr>"
+        )
+    parts = [
+        "<h2>Estimator comparison</h2>",
+        f"<p>Folder: <code>{escape(folder)}</code>. Mean [min, max] over seeds of the final model; reward hacking: "
+        "seeds whose held-out reward score rose above the SFT model's while the gold score fell below it.</p>",
+    ]
+    if "gold_score" in baseline and "score" in baseline:
+        parts.append(
+            f"<p>SFT model: held-out gold {format_value(baseline['gold_score'])}, reward score "
+            f"{format_value(baseline['score'])}.</p>"
+        )
+    parts.append(f"<table>{header}{''.join(rows)}</table>")
+    if summary.get("command"):
+        parts.append(f"<pre>{escape(summary['command'])}</pre>")
+    curves = folder / "curves.png"
+    if curves.is_file():
+        encoded = base64.b64encode(curves.read_bytes()).decode("ascii")
+        parts.append(
+            f'<div class="plots"><img alt="estimator comparison curves" style="width: 98%" '
+            f'src="data:image/png;base64,{encoded}"></div>'
+        )
+    else:
+        parts.append('<p class="note">No curves.png next to summary.json.</p>')
+    return "<section>" + "".join(parts) + "</section>"
+
+
 def step_folders(run_dir: Path) -> list[tuple[Path, str]]:
     """The step folders of an e2e run in pipeline order, or the run folder itself when it is a single step."""
     found = [(run_dir / step.folder, step.heading) for step in STEPS if (run_dir / step.folder).is_dir()]
@@ -205,6 +276,7 @@ def build_report(run_dir: str | Path) -> str:
         f"<h1>rlhf-trl run report</h1><p>Run folder: <code>{escape(run_dir.resolve())}</code>; made {created}.</p>",
         summary_section(read_json(run_dir / "e2e_summary.json")),
         *(step_section(folder, title) for folder, title in folders),
+        comparison_section(run_dir),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
