@@ -428,7 +428,9 @@ def plot(summary: dict, path: Path) -> None:
                 continue
             x = [point[x_key] if x_key == "samples" else point[x_key]["mean"] for point in curve]
             mean = [point[y_key]["mean"] for point in curve]
-            (line,) = axis.plot(x, mean, marker="o", markersize=3, label=name)
+            # TRL's trainers dashed, ours solid: with more than ten rows the colours repeat.
+            style = "--" if name in ALGORITHMS and ALGORITHMS[name].runner == "trl" else "-"
+            (line,) = axis.plot(x, mean, style, marker="o", markersize=3, label=name)
             low, high = [point[y_key]["min"] for point in curve], [point[y_key]["max"] for point in curve]
             axis.fill_between(x, low, high, color=line.get_color(), alpha=0.2)
         axis.set_xlabel(labels[x_key])
