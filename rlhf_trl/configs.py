@@ -66,10 +66,15 @@ class RunArguments:
 
 
 def apply_reproducibility(parsed) -> None:
-    """Apply a step's reproducibility settings (RunArguments) before anything is built."""
+    """Apply a step's reproducibility settings (RunArguments) and its training seed before anything is built: the
+    seed must be set before the models load, since a freshly initialised head (the reward model's score head on a
+    base LM) draws its weights at load time, before the trainer seeds anything."""
     import torch
+    from transformers import TrainingArguments, set_seed
 
     for arguments in parsed:
+        if isinstance(arguments, TrainingArguments):
+            set_seed(arguments.seed)
         if isinstance(arguments, RunArguments):
             if arguments.num_threads:
                 torch.set_num_threads(arguments.num_threads)

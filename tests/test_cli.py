@@ -49,8 +49,10 @@ def step_types(recipe: Path):
     from rlhf_trl.configs import RunArguments
     from rlhf_trl.data import DataArguments
     from rlhf_trl.ppo.config import PPOConfig
+    from rlhf_trl.ppo.estimators import ADVANTAGE_ESTIMATORS
 
-    step = recipe.stem.split("-")[0]
+    # Recipes named after an advantage estimator (grpo.yaml, rloo.yaml, ...) are step-3 recipes.
+    step = "ppo" if recipe.stem in ADVANTAGE_ESTIMATORS else recipe.stem.split("-")[0]
     training = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}[step]
     return (ModelConfig, DataArguments, training, RunArguments)
 

@@ -14,7 +14,7 @@ import pytest
 from hub_server import online_hub  # noqa: F401  (a fixture)
 
 from rlhf_trl.tiny.chat_data import main as write_data_main
-from rlhf_trl.tiny.task import gold_scores
+from rlhf_trl.tiny.task import EVAL_PROMPTS, gold_scores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "tiny-chat"
@@ -37,9 +37,9 @@ def test_data_files_are_trl_conversational_formats(chat_data_dir):
         for name in ("sft", "reward", "ppo")
     }
     assert sizes == {
-        "sft": {"train": 4000, "test": 200},
-        "reward": {"train": 6000, "test": 200},
-        "ppo": {"train": 2048, "test": 200},
+        "sft": {"train": 4000, "test": EVAL_PROMPTS},
+        "reward": {"train": 6000, "test": EVAL_PROMPTS},
+        "ppo": {"train": 2048, "test": EVAL_PROMPTS},
     }
     sft = read_jsonl(chat_data_dir / "sft" / "train.jsonl")[0]
     assert sft["prompt"][0]["role"] == "user" and sft["completion"][0]["role"] == "assistant"
@@ -68,7 +68,7 @@ def test_each_step_reads_its_folder_whole(chat_data_dir):
     expected = {1: ("sft", 4000), 2: ("reward", 6000), 3: ("ppo", 2048)}
     for step, (folder, count) in expected.items():
         data = load_step_datasets(DataArguments(datasets=[str(chat_data_dir / folder)]), step=step)
-        assert (len(data.train), len(data.eval)) == (count, 200)
+        assert (len(data.train), len(data.eval)) == (count, EVAL_PROMPTS)
         assert isinstance(data.train[0]["prompt"], list)
 
 

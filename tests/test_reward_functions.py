@@ -176,7 +176,7 @@ def test_ppo_raises_a_trl_builtin_reward(tmp_path, tiny_base_dir, tiny_reward_di
         reward_model=False,
         reward_funcs=[overlong, as_reward_function(length_logger)],
         reward_weights=[1.0, 0.0],
-        max_steps=8,
+        max_steps=16,
         kl_coef=0.0,
     )
     trainer.train()

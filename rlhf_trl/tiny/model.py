@@ -18,7 +18,7 @@ from .task import DIGITS, make_records
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "<eos>", "unk_token": "<unk>"}
 WORDS = ["Human:", "Assistant:", "sort", *DIGITS]
 # The version suffix changes whenever the build does, so a base cached by an older build is never reused.
-DEFAULT_CACHE = Path(os.environ.get("RLHF_TRL_CACHE", Path.home() / ".cache" / "rlhf_trl")) / "tiny-base-v3"
+DEFAULT_CACHE = Path(os.environ.get("RLHF_TRL_CACHE", Path.home() / ".cache" / "rlhf_trl")) / "tiny-base-v2"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

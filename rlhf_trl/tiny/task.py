@@ -25,6 +25,10 @@ SPLIT_SEEDS = {"pretrain": 11, "sft": 22, "reward": 33, "ppo": 44, "eval": 55}
 # Held-out eval prompts, kept out of every other split: 1000 keep the gold score's sampling noise near +-0.01
 # (200 gave about +-0.02 on a PPO - SFT gain, as large as the differences the tiny task is meant to show).
 EVAL_PROMPTS = 1000
+# The pretraining text (the chat format with the digits left unsorted) avoids the first 200 of them, as when the eval
+# set held 200: it never shows a sorted answer, so it cannot leak the task, and the tiny bases every figure was
+# measured with stay the same.
+PRETRAIN_EXCLUDED_EVAL_PROMPTS = 200
 _PROMPT_PATTERN = re.compile(r"sort((?: \d)+)\s*Assistant:\s*$")
 
 
@@ -149,7 +153,8 @@ def _eval_prompts(count: int) -> set[str]:
 
 
 def make_records(split: str, count: int, eval_count: int = EVAL_PROMPTS) -> list[dict]:
-    """Generate ``count`` records of one split; every split except ``eval`` avoids the held-out eval prompts.
+    """Generate ``count`` records of one split; every split except ``eval`` avoids the held-out eval prompts
+    (``pretrain`` the first PRETRAIN_EXCLUDED_EVAL_PROMPTS of them).
 
     - ``pretrain``: {"text"}: the chat format with the prompt's digits in random order (format, not skill).
     - ``sft``: {"prompt", "completion"}: demonstrations, a share of them flawed (see DEMO_FLAWS).
@@ -158,6 +163,8 @@ def make_records(split: str, count: int, eval_count: int = EVAL_PROMPTS) -> list
     """
     if split not in SPLIT_SEEDS:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLIT_SEEDS)}")
+    if split == "pretrain":
+        eval_count = min(eval_count, PRETRAIN_EXCLUDED_EVAL_PROMPTS)
     excluded = set() if split == "eval" else _eval_prompts(eval_count)
     records = []
     for numbers, prompt, rng in _prompt_stream(split, excluded):
