@@ -133,7 +133,7 @@ def test_peer_script_help_runs_without_trl():
 
 
 def test_peer_script_builds_our_workload():
-    """Same weights, tokenizer and prompts as rlhf_trl.bench.workloads's builders (the peer may not import them)."""
+    """Same weights, tokenizer and prompts as rlhf_trl.bench.workloads (the peer loads that file, not the package)."""
     import torch
     from step3_profile import shared_preset
 

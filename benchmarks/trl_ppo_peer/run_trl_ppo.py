@@ -1,11 +1,11 @@
 """Step-3 throughput of TRL 1.12's PPOTrainer (``trl.experimental.ppo``) on the shared CPU workload.
 
-Runs in its own virtual environment (``setup_venv.sh`` next to this file) and imports nothing from rlhf_trl, so
-its dependencies never meet ours. It builds the same workload as ``benchmarks/step3_profile.py --workload shared``:
+Runs in its own virtual environment (``setup_venv.sh`` next to this file) and does not import the rlhf_trl package,
+so its dependencies never meet ours. It builds the same workload as ``benchmarks/step3_profile.py --workload shared``:
 OPT-shaped actor, critic and reward model (hidden 64, FFN 256, 4 heads, 2 layers, OPT's 50,272-token vocabulary,
 random weights from seed 0, built in the same order), a word-level tokenizer over that vocabulary, 64-token random
-prompts (seed 0), answers of exactly 64 tokens, 16 prompts per step, one PPO epoch, fp32. The builders below repeat
-rlhf_trl.bench.workloads's (``tests/test_step3_vs_trl.py`` checks that both give the same weights and prompts).
+prompts (seed 0), answers of exactly 64 tokens, 16 prompts per step, one PPO epoch, fp32. The models, tokenizer and
+prompts come from rlhf_trl/bench/workloads.py itself, loaded from its file.
 
     .venv-trl112/bin/python benchmarks/trl_ppo_peer/run_trl_ppo.py --warmup-steps 2 --steps 6 --output /tmp/trl.json
 
@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-OPT_VOCAB = 50272
-OPT_PAD, OPT_EOS = 1, 2
 PROMPT_LENGTH = 64
 ANSWER_LENGTH = 64
 BATCH_SIZE = 16
@@ -49,74 +47,45 @@ UNMATCHED = [
 
 
 # ---------------------------------------------------------------------------------------------------------- workload
-def opt_config(hidden: int, ffn: int, heads: int, layers: int):
-    """OPT configuration of the shared workload (pre-layer-norm, dropout off), as in rlhf_trl.bench.workloads."""
-    from transformers import OPTConfig
+WORKLOADS_FILE = Path(__file__).resolve().parents[2] / "rlhf_trl" / "bench" / "workloads.py"
 
-    return OPTConfig(
-        vocab_size=OPT_VOCAB,
-        hidden_size=hidden,
-        ffn_dim=ffn,
-        num_attention_heads=heads,
-        num_hidden_layers=layers,
-        word_embed_proj_dim=hidden,
-        max_position_embeddings=2048,
-        do_layer_norm_before=True,
-        pad_token_id=OPT_PAD,
-        eos_token_id=OPT_EOS,
-        bos_token_id=OPT_EOS,
-        dropout=0.0,
-        attention_dropout=0.0,
-        activation_dropout=0.0,
-    )
+
+def workloads():
+    """rlhf_trl/bench/workloads.py loaded from its file, not through the rlhf_trl package: the same builders as our
+    side (it needs only torch and transformers), while nothing else of ours enters this environment."""
+    import importlib.util
+
+    name = "rlhf_trl_bench_workloads"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, WORKLOADS_FILE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules[name]
 
 
 def build_models():
-    """Actor, critic and reward model with random weights: seed 0, then actor, critic, reward, in this order."""
+    """Actor, critic and reward model with random weights (seed 0, built in this order), by our builder."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    torch.manual_seed(SEED)
-    actor_config, critic_config = opt_config(64, 256, 4, 2), opt_config(64, 256, 4, 2)
-    critic_config.num_labels = 1
-    actor = AutoModelForCausalLM.from_config(actor_config, dtype=torch.float32)
-    critic = AutoModelForSequenceClassification.from_config(critic_config, dtype=torch.float32)
-    reward = AutoModelForSequenceClassification.from_config(critic_config, dtype=torch.float32)
-    return actor, critic, reward
+    shapes = workloads()
+
+    def config():
+        return shapes.opt_config(64, 256, 4, 2)
+
+    return shapes.build_models(shapes.Preset("shared workload", config, config), torch.float32, False, Path("."))
 
 
 def build_tokenizer(config):
-    """Word-level tokenizer whose words are "t<id>" for every id of the vocabulary, so random ids decode to text
-    that tokenizes back to the same ids; <pad>, <eos> and <unk> at the config's ids (unk: the first free id)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    special = {config.pad_token_id: "<pad>", config.eos_token_id: "<eos>"}
-    unk_id = min(index for index in range(config.vocab_size) if index not in special)
-    special[unk_id] = "<unk>"
-    vocab = {special.get(index, f"t{index}"): index for index in range(config.vocab_size)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
-    tokenizer.padding_side = "left"
-    return tokenizer
+    """Our word-level tokenizer over the whole vocabulary ("t<id>" words; <pad>, <eos>, <unk>)."""
+    return workloads().build_tokenizer(config)
 
 
 def random_prompts(tokenizer, count: int, length: int, seed: int) -> list[str]:
-    """``count`` prompts of ``length`` ordinary (non-special) tokens drawn uniformly with a seeded generator."""
-    import torch
-
-    generator = torch.Generator().manual_seed(seed)
-    special = set(tokenizer.all_special_ids)
-    ordinary = torch.tensor([index for index in range(len(tokenizer)) if index not in special])
-    picks = ordinary[torch.randint(len(ordinary), (count, length), generator=generator)]
-    return [" ".join(f"t{index}" for index in row.tolist()) for row in picks]
+    """Our ``count`` seeded prompts of ``length`` ordinary tokens."""
+    return workloads().random_prompts(tokenizer, count, length, seed)
 
 
-# ---------------------------------------------------------------------------------------------------------- the run
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
