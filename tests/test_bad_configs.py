@@ -184,6 +184,12 @@ NAMED_CASES = [
     ("ppo", ["--advantage_estimator", "rloo", "--num_generations", "2", "--gamma", "0.9"], "gamma"),
     ("ppo", ["--advantage_estimator", "grpo", "--num_generations", "2", "--kl_in_reward", "true"], "kl_in_reward"),
     ("ppo", ["--advantage_estimator", "dr_grpo", "--num_generations", "2", "--kl_in_reward"], "kl_in_reward"),
+    ("ppo", ["--use_bias_correction_kl", "true"], "use_bias_correction_kl"),  # gae: the KL is in the reward
+    (
+        "ppo",
+        ["--advantage_estimator", "rloo", "--num_generations", "2", "--use_bias_correction_kl", "true"],
+        "use_bias_correction_kl",
+    ),
     (
         "ppo",
         ["--num_generations", "2", "--per_device_train_batch_size", "3", "--num_mini_batches", "2"],
@@ -212,6 +218,8 @@ NAMED_CASES = [
         ["--advantage_estimator", "reinforce_pp", "--gamma", "0.9"],
         ["--advantage_estimator", "rloo", "--num_generations", "2", "--kl_in_reward", "false", "--kl_coef", "0.2"],
         ["--advantage_estimator", "grpo", "--num_generations", "2", "--kl_coef", "0.05", "--kl_in_reward", "false"],
+        ["--advantage_estimator", "grpo", "--num_generations", "2", "--use_bias_correction_kl", "true"],
+        ["--kl_in_reward", "false", "--use_bias_correction_kl", "true"],
         ["--advantage_estimator", "gae", "--num_generations", "2", "--loss_type", "sequence_mean"],
     ],
     ids=lambda flags: " ".join(flags),

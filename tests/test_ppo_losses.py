@@ -435,6 +435,55 @@ def test_kl_loss_expected_gradients():
     assert torch.allclose(expected_gradient("k3"), true_gradient("forward"), atol=1e-12)
 
 
+@pytest.mark.parametrize("estimator", ["k2", "k3"])
+def test_kl_loss_with_bias_correction_weights_each_token_by_its_ratio(estimator):
+    """old_logprobs given: each real token's estimate times exp(logprobs - old_logprobs), averaged over real tokens
+    (a naive loop); padding, even huge there, changes nothing; old == new gives the unweighted value."""
+    _, _, mask, randn = random_batch(11)
+    logprobs, ref_logprobs = randn(*mask.shape) - 2, randn(*mask.shape) - 2
+    old_logprobs = logprobs + 0.3 * randn(*mask.shape)
+    total, count = 0.0, 0
+    for row in range(mask.shape[0]):
+        for t in range(mask.shape[1]):
+            if mask[row, t]:
+                ratio = math.exp(logprobs[row, t].item() - old_logprobs[row, t].item())
+                total += ratio * reference_kl(logprobs[row, t].item(), ref_logprobs[row, t].item(), estimator)
+                count += 1
+    loss = kl_loss(logprobs, ref_logprobs, mask, estimator, old_logprobs)
+    assert loss.item() == pytest.approx(total / count, rel=1e-12)
+    assert loss.item() != pytest.approx(kl_loss(logprobs, ref_logprobs, mask, estimator).item(), rel=1e-3)
+    scrambled = kl_loss(logprobs, ref_logprobs, mask, estimator, scramble_padding(old_logprobs, mask, seed=4))
+    assert scrambled.item() == pytest.approx(loss.item(), rel=1e-12)
+    on_policy = kl_loss(logprobs, ref_logprobs, mask, estimator, logprobs.detach())
+    assert on_policy.item() == pytest.approx(kl_loss(logprobs, ref_logprobs, mask, estimator).item(), rel=1e-12)
+
+
+def test_kl_loss_bias_correction_gives_the_reverse_kl_gradient():
+    """On policy (old log-probs = the current ones, detached), the ratio-weighted k3 has the expected gradient of
+    KL(policy || reference), where plain k3 has that of KL(reference || policy). Exact, by enumeration."""
+    generator = torch.Generator().manual_seed(3)
+    policy_logits = torch.randn(6, generator=generator, dtype=DTYPE)
+    ref_logprobs = torch.log_softmax(torch.randn(6, generator=generator, dtype=DTYPE), dim=-1)
+
+    def expected_gradient(corrected: bool):
+        logits = policy_logits.clone().requires_grad_()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        sampling_probs = logprobs.exp().detach()
+        expected_loss = 0.0
+        for token in range(6):
+            old = logprobs[token].detach().view(1, 1) if corrected else None
+            term = kl_loss(logprobs[token].view(1, 1), ref_logprobs[token].view(1, 1), torch.ones(1, 1), "k3", old)
+            expected_loss = expected_loss + sampling_probs[token] * term
+        (gradient,) = torch.autograd.grad(expected_loss, logits)
+        return gradient
+
+    logits = policy_logits.clone().requires_grad_()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    (reverse,) = torch.autograd.grad((logprobs.exp() * (logprobs - ref_logprobs)).sum(), logits)
+    assert torch.allclose(expected_gradient(True), reverse, atol=1e-12)
+    assert not torch.allclose(expected_gradient(False), reverse, atol=1e-3)
+
+
 def test_kl_loss_bad_arguments():
     with pytest.raises(ValueError, match="Shape mismatch"):
         kl_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(2, 4), "k3")

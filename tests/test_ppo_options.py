@@ -131,3 +131,33 @@ def test_separate_actor_and_critic_learning_rates(tmp_path, tiny_base_dir, tiny_
     actor_lr, critic_lr = rates[0], rates[-1]
     assert critic_lr == pytest.approx(5e-3)
     assert actor_lr < 1e-3  # linear decay, while the critic keeps a constant rate
+
+
+def test_bias_corrected_kl_changes_the_gradient_not_the_loss(tmp_path, tiny_base_dir, tiny_reward_dir):
+    """use_bias_correction_kl weights the KL loss by the importance ratio: on the rollout's own policy the ratio is 1,
+    so the loss is the same, but its gradient (through the ratio) is not."""
+    trainer = build(
+        tmp_path, tiny_base_dir, tiny_reward_dir, advantage_estimator="grpo", num_generations=4, max_steps=3, kl_coef=1.0
+    )
+    trainer.train()  # the actor moves away from the reference, so the KL term is not zero
+    rollout = one_rollout(trainer)
+    input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
+    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+    index = torch.arange(len(rollout))
+
+    def loss_and_gradient(corrected: bool):
+        trainer.args.use_bias_correction_kl = corrected
+        trainer.optimizer.zero_grad()
+        stats, loss, _, _ = trainer._micro_batch_loss(
+            rollout, index, input_ids, attention_mask, position_ids, rollout.prompt_ids.shape[1], rollout.loss_mask()
+        )
+        loss.backward()
+        gradient = torch.cat([p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None])
+        return stats["policy/kl_loss"], loss.item(), gradient.clone()
+
+    kl_plain, loss_plain, gradient_plain = loss_and_gradient(False)
+    kl_corrected, loss_corrected, gradient_corrected = loss_and_gradient(True)
+    assert kl_plain > 0
+    assert kl_corrected == pytest.approx(kl_plain, rel=1e-5)
+    assert loss_corrected == pytest.approx(loss_plain, rel=1e-5, abs=1e-7)
+    assert not torch.allclose(gradient_corrected, gradient_plain, rtol=1e-3, atol=1e-6)

@@ -330,6 +330,8 @@ def run(arguments: argparse.Namespace) -> dict:
         "train_wall_time_s": round(train_seconds, 2),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "curve": curve.curve,
+        # TRL's own per-logging-step metrics (reward, kl, entropy, grad_norm, clip ratios): the training curves.
+        "log_history": trainer.state.log_history,
     }
     if not math.isfinite(result["eval_gold_score"]):
         raise RuntimeError("the held-out gold score is not finite")
@@ -347,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     except (BadInput, EvalInputError, RewardModelError) as error:
         print(f"run_trl_reference: {error}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    print(json.dumps({key: value for key, value in result.items() if key != "log_history"}))
     return 0
 
 

@@ -115,6 +115,13 @@ class PPOConfig(TrainingArguments):
             "loss, so it is refused; k3's gradient is that of KL(ref||policy), k2's that of KL(policy||ref)."
         },
     )
+    use_bias_correction_kl: bool = field(
+        default=False,
+        metadata={
+            "help": "KL loss only: weight each token's KL term by its (differentiated) importance ratio, so the "
+            "gradient is that of KL(policy||ref) whatever the estimator (TRL GRPOTrainer's option, on there by default)."
+        },
+    )
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef toward kl_target (Ziegler et al.)."})
     kl_target: float | None = field(default=None, metadata={"help": "Target KL per answer for adaptive_kl."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon of the adaptive KL controller."})
@@ -287,6 +294,8 @@ class PPOConfig(TrainingArguments):
             self.kl_in_reward = False
         elif self.kl_in_reward is None:
             self.kl_in_reward = True
+        if self.use_bias_correction_kl and self.kl_in_reward:
+            raise ConfigError("use_bias_correction_kl=True does not apply: the KL is in the reward; remove it")
 
     def _check_generation(self):
         """generation_kwargs parsed (JSON text allowed) and every generation setting validated as the GenerationConfig

@@ -135,9 +135,19 @@ def value_loss(
     return loss, {"clip_fraction": clip_fraction.detach()}
 
 
-def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, estimator: str) -> torch.Tensor:
+def kl_loss(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: str,
+    old_logprobs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Differentiable KL penalty for putting the KL in the loss instead of in the reward: masked mean of
     ``kl_estimate`` over real tokens. logprobs (with gradient), ref_logprobs, mask: [B, T]. Returns a scalar.
+    ``old_logprobs`` [B, T] (the rollout's): each token's estimate is weighted by its importance ratio
+    exp(logprobs - old_logprobs), differentiated (the bias correction of DeepSeek-V3.2, TRL's
+    ``use_bias_correction_kl``). The ratio is 1 on the first pass, but its gradient is not: the expected gradient of
+    the weighted k3 becomes that of KL(policy || reference), the reverse KL the reward penalty targets.
 
     With tokens sampled from the current policy, the expected gradient of each estimator is:
       k1: zero (E_policy[grad log policy] = 0): it only adds noise, do not use it as a loss.
@@ -149,7 +159,11 @@ def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tens
     check_same_shape(logprobs=logprobs, mask=mask)
     # Padded positions filled before the estimator's exp, so they add neither NaN nor gradient.
     logprobs, ref_logprobs = fill_padding(logprobs, mask), fill_padding(ref_logprobs, mask)
-    return masked_mean(kl_estimate(logprobs, ref_logprobs, estimator), mask)
+    per_token = kl_estimate(logprobs, ref_logprobs, estimator)  # [B, T]
+    if old_logprobs is not None:
+        check_same_shape(logprobs=logprobs, old_logprobs=old_logprobs)
+        per_token = per_token * torch.exp(logprobs - fill_padding(old_logprobs, mask))  # [B, T]
+    return masked_mean(per_token, mask)
 
 
 # Loss aggregation

@@ -81,7 +81,10 @@ class PPOObjective:
         }
         stats.update({f"value/{name}": value.item() for name, value in value_stats.items()})
         if not args.kl_in_reward:
-            kl_term = losses.kl_loss(new_logprobs, rollout.ref_logprobs[index], micro_mask, args.kl_loss_estimator)
+            old_logprobs = rollout.logprobs[index] if args.use_bias_correction_kl else None
+            kl_term = losses.kl_loss(
+                new_logprobs, rollout.ref_logprobs[index], micro_mask, args.kl_loss_estimator, old_logprobs
+            )
             loss = loss + self.kl_controller.value * kl_term
             stats["policy/kl_loss"] = kl_term.item()
         if args.ptx_coef > 0:
