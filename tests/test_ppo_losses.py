@@ -301,6 +301,29 @@ def test_logprobs_from_logits_bad_arguments():
         logprobs_from_logits(logits, tokens[:, :2])
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3])
+def test_logprobs_and_entropy_in_chunks_equal_the_whole_batch(chunk_rows, monkeypatch):
+    """Rows are processed in chunks that fit CHUNK_ELEMENTS (one row at the least, a last chunk that is short): the
+    values and the gradient are those of the whole batch at once."""
+    from rlhf_trl.ppo import losses
+
+    generator = torch.Generator().manual_seed(5)
+    logits = (torch.randn(5, 4, 7, generator=generator, dtype=DTYPE) * 3).requires_grad_()
+    tokens = torch.randint(0, 7, (5, 4), generator=generator)
+    whole_logprobs = logprobs_from_logits(logits, tokens, 0.8)
+    whole_entropy = entropy_from_logits(logits, 0.8)
+    (whole_gradient,) = torch.autograd.grad((whole_logprobs + whole_entropy).sum(), logits)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", chunk_rows * 4 * 7 + 3)
+    chunked_logprobs = logprobs_from_logits(logits, tokens, 0.8)
+    chunked_entropy = entropy_from_logits(logits, 0.8)
+    (chunked_gradient,) = torch.autograd.grad((chunked_logprobs + chunked_entropy).sum(), logits)
+    assert torch.allclose(chunked_logprobs, whole_logprobs, rtol=0, atol=1e-14)
+    assert torch.allclose(chunked_entropy, whole_entropy, rtol=0, atol=1e-14)
+    assert torch.allclose(chunked_gradient, whole_gradient, rtol=0, atol=1e-14)
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 1)  # below one row: still one row at a time
+    assert torch.allclose(logprobs_from_logits(logits, tokens, 0.8), whole_logprobs, rtol=0, atol=1e-14)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 def test_entropy_from_logits_vs_manual_softmax(temperature):
     generator = torch.Generator().manual_seed(2)

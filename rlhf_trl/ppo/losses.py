@@ -23,26 +23,41 @@ def _check_clip_range(clip_range: float) -> None:
 # Log-probabilities and entropy
 
 
+# Largest float32 copy of the logits made at once (elements; 2**24 = 64 MiB): a tiny model's whole batch fits, while
+# a large vocabulary gets one row ([T, V]) at a time, so the copy never grows beyond one row or this budget.
+CHUNK_ELEMENTS = 2**24
+
+
+def _row_chunks(logits: torch.Tensor, temperature: float):
+    """Yield float32 (or wider), temperature-scaled slices [rows, T, V] of logits [B, T, V], as many rows at once
+    as fit in CHUNK_ELEMENTS (at least one). Looping over single rows costs a tiny model more than the maths."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
+    rows = max(1, CHUNK_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
+    for start in range(0, logits.shape[0], rows):
+        chunk = logits[start : start + rows].to(compute_dtype)  # [rows, T, V]
+        yield chunk / temperature if temperature != 1.0 else chunk
+
+
 def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """logits: [B, T, V], tokens: [B, T]. Returns [B, T]: log softmax(logits / temperature) at each token.
 
     The logits are divided by the sampling temperature so that the log-probs are those of the distribution the
-    tokens were sampled from. Computed in at least float32 (bf16 log-softmax loses about three digits), one row at a
-    time so that only one [T, V] float32 copy exists at once.
+    tokens were sampled from. Computed in at least float32 (bf16 log-softmax loses about three digits), in chunks of
+    rows so that the float32 copy stays within one row or CHUNK_ELEMENTS.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
     if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
         raise ValueError(
             f"Expected logits [B, T, V] and tokens [B, T], got {tuple(logits.shape)} and {tuple(tokens.shape)}."
         )
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
-    row_logprobs = []
-    for row_logits, row_tokens in zip(logits, tokens, strict=True):
-        scaled_logits = row_logits.to(compute_dtype) / temperature  # [T, V]
-        token_logits = scaled_logits.gather(dim=-1, index=row_tokens.unsqueeze(-1)).squeeze(-1)  # [T]
-        row_logprobs.append(token_logits - torch.logsumexp(scaled_logits, dim=-1))  # [T]
-    return torch.stack(row_logprobs)  # [B, T]
+    chunk_logprobs, start = [], 0
+    for scaled_logits in _row_chunks(logits, temperature):  # [rows, T, V]
+        chunk_tokens = tokens[start : start + scaled_logits.shape[0]]  # [rows, T]
+        start += scaled_logits.shape[0]
+        token_logits = scaled_logits.gather(dim=-1, index=chunk_tokens.unsqueeze(-1)).squeeze(-1)  # [rows, T]
+        chunk_logprobs.append(token_logits - torch.logsumexp(scaled_logits, dim=-1))  # [rows, T]
+    return torch.cat(chunk_logprobs) if len(chunk_logprobs) > 1 else chunk_logprobs[0]  # [B, T]
 
 
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -50,16 +65,13 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
 
     Same precision and memory choices as ``logprobs_from_logits``.
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
     if logits.dim() != 3:
         raise ValueError(f"Expected logits [B, T, V], got {tuple(logits.shape)}.")
-    compute_dtype = torch.promote_types(logits.dtype, torch.float32)
-    row_entropies = []
-    for row_logits in logits:
-        log_probs = torch.log_softmax(row_logits.to(compute_dtype) / temperature, dim=-1)  # [T, V]
-        row_entropies.append(-(log_probs.exp() * log_probs).sum(dim=-1))  # [T]
-    return torch.stack(row_entropies)  # [B, T]
+    chunk_entropies = []
+    for scaled_logits in _row_chunks(logits, temperature):  # [rows, T, V]
+        log_probs = torch.log_softmax(scaled_logits, dim=-1)  # [rows, T, V]
+        chunk_entropies.append(-(log_probs.exp() * log_probs).sum(dim=-1))  # [rows, T]
+    return torch.cat(chunk_entropies) if len(chunk_entropies) > 1 else chunk_entropies[0]  # [B, T]
 
 
 # Losses
