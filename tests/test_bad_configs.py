@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from rlhf_trl.configs import MODEL_RANGES, TRAINING_RANGES, Range
-from rlhf_trl.ppo.config import PPO_RANGES
+from rlhf_trl.ppo.config_fields import PPO_RANGES
 from rlhf_trl.scripts import e2e, ppo, reward, sft
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -137,7 +137,13 @@ def test_bias_corrected_kl_changes_the_gradient_not_the_loss(tmp_path, tiny_base
     """use_bias_correction_kl weights the KL loss by the importance ratio: on the rollout's own policy the ratio is 1,
     so the loss is the same, but its gradient (through the ratio) is not."""
     trainer = build(
-        tmp_path, tiny_base_dir, tiny_reward_dir, advantage_estimator="grpo", num_generations=4, max_steps=3, kl_coef=1.0
+        tmp_path,
+        tiny_base_dir,
+        tiny_reward_dir,
+        advantage_estimator="grpo",
+        num_generations=4,
+        max_steps=3,
+        kl_coef=1.0,
     )
     trainer.train()  # the actor moves away from the reference, so the KL term is not zero
     rollout = one_rollout(trainer)

@@ -11,9 +11,15 @@ from typing import Any
 
 from transformers import GenerationConfig, TrainingArguments
 
-from rlhf_trl.configs import ConfigError, Range, check_ranges, check_training_arguments
+from rlhf_trl.configs import ConfigError, check_ranges, check_training_arguments
 from rlhf_trl.ppo.advantages import KL_ESTIMATORS
-from rlhf_trl.ppo.config_fields import check_inherited_fields, field_default, is_default
+from rlhf_trl.ppo.config_fields import (
+    GENERATION_KWARG_RANGES,
+    PPO_RANGES,
+    check_inherited_fields,
+    field_default,
+    is_default,
+)
 from rlhf_trl.ppo.estimators import (
     ADVANTAGE_ESTIMATORS,
     ESTIMATORS_NEEDING_CRITIC,
@@ -119,7 +125,7 @@ class PPOConfig(TrainingArguments):
         default=False,
         metadata={
             "help": "KL loss only: weight each token's KL term by its (differentiated) importance ratio, so the "
-            "gradient is that of KL(policy||ref) whatever the estimator (TRL GRPOTrainer's option, on there by default)."
+            "gradient is that of KL(policy||ref) (TRL GRPOTrainer's option, on there by default)."
         },
     )
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef toward kl_target (Ziegler et al.)."})
@@ -376,53 +382,3 @@ class PPOConfig(TrainingArguments):
             isinstance(weight, (int, float)) and math.isfinite(weight) for weight in self.reward_weights
         ):
             raise ConfigError(f"reward_weights must be finite numbers, got {self.reward_weights!r}")
-
-
-# Allowed values of PPOConfig's numeric fields (TrainingArguments' own are in rlhf_trl.configs.TRAINING_RANGES).
-PPO_RANGES = {
-    "critic_learning_rate": Range(above=0),
-    "generation_batches": Range(minimum=1),
-    "num_mini_batches": Range(minimum=1),
-    "num_ppo_epochs": Range(minimum=1),
-    "num_generations": Range(minimum=1),
-    "max_prompt_length": Range(minimum=1),
-    "max_new_tokens": Range(minimum=1),
-    "min_new_tokens": Range(minimum=0),
-    # Sampling is always on (do_sample), so the temperature divides the logits and must be positive.
-    "temperature": Range(above=0),
-    "top_k": Range(minimum=0),
-    "top_p": Range(above=0, maximum=1),
-    "inference_tp_size": Range(minimum=1),
-    "kl_coef": Range(minimum=0),
-    "kl_target": Range(above=0, optional=True),
-    "kl_horizon": Range(minimum=1),
-    "reward_clip": Range(above=0, optional=True),
-    "missing_eos_penalty": Range(optional=True),
-    "gamma": Range(minimum=0, maximum=1),
-    "lam": Range(minimum=0, maximum=1),
-    "cliprange": Range(above=0),
-    "cliprange_value": Range(above=0),
-    "vf_coef": Range(minimum=0),
-    "entropy_coef": Range(minimum=0),
-    "ptx_coef": Range(minimum=0),
-    # The importance ratio of the first micro-batch is exactly 1, so a threshold at or below 1 skips every update.
-    "ratio_threshold": Range(above=1),
-    "approx_kl_threshold": Range(above=0, optional=True),
-    "max_tokens_per_micro_batch": Range(minimum=1, optional=True),
-    "max_consecutive_skips": Range(minimum=1),
-    "num_samples_to_log": Range(minimum=0),
-    "eval_prompts_limit": Range(minimum=1),
-}
-
-# Numeric GenerationConfig fields often passed through generation_kwargs, which GenerationConfig.validate accepts
-# out of range. PPO samples exactly one answer per prompt from the policy, so beams and several returns are refused.
-GENERATION_KWARG_RANGES = {
-    "num_beams": Range(minimum=1, maximum=1),
-    "num_return_sequences": Range(minimum=1, maximum=1),
-    "repetition_penalty": Range(above=0),
-    "no_repeat_ngram_size": Range(minimum=0),
-    "typical_p": Range(above=0, maximum=1),
-    "min_p": Range(minimum=0, maximum=1),
-    "epsilon_cutoff": Range(minimum=0, below=1),
-    "eta_cutoff": Range(minimum=0, below=1),
-}

@@ -2,14 +2,15 @@
 
 PPOConfig inherits TrainingArguments so that TRL users keep their flags, but PPOTrainer is not a ``Trainer``: a
 setting it has no use for must not be accepted and then ignored. Every field falls in one of the lists below (a test
-walks all of them); a refused field set to anything but its default stops the run at start with one line.
+walks all of them); a refused field set to anything but its default stops the run at start with one line. Also
+the allowed ranges of PPOConfig's own numeric fields and of the generation_kwargs it checks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from rlhf_trl.configs import ConfigError
+from rlhf_trl.configs import ConfigError, Range
 from rlhf_trl.ppo.run_logger import requested_trackers
 
 # Inherited fields PPO reads (where: optim.py, run_logger.py, trainer.py, distributed.py, scripts/ppo.py, common.py).
@@ -197,3 +198,53 @@ def check_inherited_fields(config) -> None:
             f"hub_strategy={_plain(config.hub_strategy)!r} is not supported by PPO (the final model is pushed once, "
             "at the end): set hub_strategy: end"
         )
+
+
+# Allowed values of PPOConfig's numeric fields (TrainingArguments' own are in rlhf_trl.configs.TRAINING_RANGES).
+PPO_RANGES = {
+    "critic_learning_rate": Range(above=0),
+    "generation_batches": Range(minimum=1),
+    "num_mini_batches": Range(minimum=1),
+    "num_ppo_epochs": Range(minimum=1),
+    "num_generations": Range(minimum=1),
+    "max_prompt_length": Range(minimum=1),
+    "max_new_tokens": Range(minimum=1),
+    "min_new_tokens": Range(minimum=0),
+    # Sampling is always on (do_sample), so the temperature divides the logits and must be positive.
+    "temperature": Range(above=0),
+    "top_k": Range(minimum=0),
+    "top_p": Range(above=0, maximum=1),
+    "inference_tp_size": Range(minimum=1),
+    "kl_coef": Range(minimum=0),
+    "kl_target": Range(above=0, optional=True),
+    "kl_horizon": Range(minimum=1),
+    "reward_clip": Range(above=0, optional=True),
+    "missing_eos_penalty": Range(optional=True),
+    "gamma": Range(minimum=0, maximum=1),
+    "lam": Range(minimum=0, maximum=1),
+    "cliprange": Range(above=0),
+    "cliprange_value": Range(above=0),
+    "vf_coef": Range(minimum=0),
+    "entropy_coef": Range(minimum=0),
+    "ptx_coef": Range(minimum=0),
+    # The importance ratio of the first micro-batch is exactly 1, so a threshold at or below 1 skips every update.
+    "ratio_threshold": Range(above=1),
+    "approx_kl_threshold": Range(above=0, optional=True),
+    "max_tokens_per_micro_batch": Range(minimum=1, optional=True),
+    "max_consecutive_skips": Range(minimum=1),
+    "num_samples_to_log": Range(minimum=0),
+    "eval_prompts_limit": Range(minimum=1),
+}
+
+# Numeric GenerationConfig fields often passed through generation_kwargs, which GenerationConfig.validate accepts
+# out of range. PPO samples exactly one answer per prompt from the policy, so beams and several returns are refused.
+GENERATION_KWARG_RANGES = {
+    "num_beams": Range(minimum=1, maximum=1),
+    "num_return_sequences": Range(minimum=1, maximum=1),
+    "repetition_penalty": Range(above=0),
+    "no_repeat_ngram_size": Range(minimum=0),
+    "typical_p": Range(above=0, maximum=1),
+    "min_p": Range(minimum=0, maximum=1),
+    "epsilon_cutoff": Range(minimum=0, below=1),
+    "eta_cutoff": Range(minimum=0, below=1),
+}
