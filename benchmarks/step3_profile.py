@@ -14,7 +14,7 @@ Workloads:
     PYTHONPATH=. python benchmarks/step3_profile.py --workload shared --workload demo --output-json /tmp/p.json
 
 Each workload runs three ways: with the actor's scoring forward (``recompute_rollout_logprobs: true``, the old
-path), with log-probs taken from generation, and with that plus padding-free packed scoring
+path), with log-probs taken from generation, and with that plus padding-free packed scoring and update
 (``max_tokens_per_micro_batch``). Prints a markdown section; ``--append BENCHMARKS.md`` appends it.
 """
 
@@ -37,7 +37,7 @@ from rlhf_trl.bench.workloads import Preset, build_models, build_tokenizer, opt_
 from rlhf_trl.bench.workloads import device_description as bench_device_description
 
 WORKLOADS = ("shared", "demo")
-# (recompute_rollout_logprobs, packed?): as before; log-probs from generation; and packed scoring too.
+# (recompute_rollout_logprobs, packed?): as before; log-probs from generation; and packed scoring and update too.
 VARIANTS = ((True, False), (False, False), (False, True))
 # Token budget of a packed micro-batch, about four samples: the 4D mask makes attention cost grow with the square
 # of the packed row, so long rows would trade pad tokens for masked-out attention scores.
@@ -275,7 +275,7 @@ def run(options: argparse.Namespace) -> list[dict]:
 def variant_label(result: dict) -> str:
     label = "actor forward" if result["recompute_rollout_logprobs"] else "log-probs from generation"
     if result.get("max_tokens_per_micro_batch"):
-        label += f", packed scoring ({result['max_tokens_per_micro_batch']} tokens)"
+        label += f", packed scoring and update ({result['max_tokens_per_micro_batch']} tokens)"
     return label
 
 

@@ -192,6 +192,11 @@ NAMED_CASES = [
     ),
     (
         "ppo",
+        ["--max_tokens_per_micro_batch", "64", "--attn_implementation", "flash_attention_2"],
+        "max_tokens_per_micro_batch",
+    ),
+    (
+        "ppo",
         ["--num_generations", "2", "--per_device_train_batch_size", "3", "--num_mini_batches", "2"],
         "num_mini_batches",
     ),
@@ -221,6 +226,7 @@ NAMED_CASES = [
         ["--advantage_estimator", "grpo", "--num_generations", "2", "--use_bias_correction_kl", "true"],
         ["--kl_in_reward", "false", "--use_bias_correction_kl", "true"],
         ["--advantage_estimator", "gae", "--num_generations", "2", "--loss_type", "sequence_mean"],
+        ["--max_tokens_per_micro_batch", "64", "--attn_implementation", "sdpa"],
     ],
     ids=lambda flags: " ".join(flags),
 )

@@ -91,12 +91,17 @@ class NoKeepModel(nn.Module):
 
 
 def test_model_without_logits_to_keep_runs_whole_and_is_not_retried(caplog):
+    """It runs whole and is sliced afterwards, so callers get the positions they asked for either way."""
     model = NoKeepModel()
     ids = torch.randint(0, 10, (2, 6))
     mask = torch.ones_like(ids)
     with caplog.at_level("WARNING"):
         first = causal_lm_logits(model, ids, mask, position_ids_from_mask(mask), logits_to_keep=3)
         second = causal_lm_logits(model, ids, mask, position_ids_from_mask(mask), logits_to_keep=3)
-    assert first.shape == (2, 6, 10) and torch.equal(first, second)
+    assert first.shape == (2, 3, 10) and torch.equal(first, second)
     assert model.calls == 2  # the refused call never reaches forward; the second goes straight to the whole one
     assert sum("takes no logits_to_keep" in record.message for record in caplog.records) == 1
+    whole = causal_lm_logits(model, ids, mask, position_ids_from_mask(mask))
+    assert torch.equal(first, whole[:, -3:])
+    positions = torch.tensor([0, 4, 5])  # a packed row's answer states
+    assert torch.equal(causal_lm_logits(model, ids, mask, None, logits_to_keep=positions), whole[:, positions])

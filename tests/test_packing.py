@@ -3,12 +3,16 @@ for the tiny OPT and the tiny Llama- and Qwen2-style chat models."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from rlhf_trl.ppo.losses import entropy_from_logits
 from rlhf_trl.ppo.modeling import (
     PolicyAndValueWrapper,
+    completion_logits,
     completion_logprobs,
     completion_values,
     position_ids_from_mask,
@@ -16,11 +20,12 @@ from rlhf_trl.ppo.modeling import (
 from rlhf_trl.ppo.packing import (
     pack_rollout,
     packed_attention_mask,
-    packed_completion_logprobs,
-    packed_completion_values,
+    packed_forward,
     pad_share,
     token_budget_micro_batches,
 )
+
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
 
 
 @pytest.mark.parametrize("budget", [1, 7, 20, 64, 1000])
@@ -73,37 +78,56 @@ def _random_rollout(vocab_size: int, pad: int, seed: int = 0):
     return prompt_ids, prompt_mask, completion_ids, completion_mask
 
 
+def test_pack_rollout_holds_only_real_tokens_with_restarting_positions():
+    prompt_ids, prompt_mask, completion_ids, completion_mask = _random_rollout(50, pad=1)
+    packed = pack_rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, [3, 1])
+    expected = []
+    for index in [3, 1]:
+        expected += prompt_ids[index][prompt_mask[index].bool()].tolist()
+        expected += completion_ids[index][completion_mask[index].bool()].tolist()
+    assert packed.input_ids[0].tolist() == expected  # no pad token left
+    assert packed.position_ids[0].tolist() == list(range(7 + 3)) + list(range(9 + 1))
+    assert packed.starts.tolist() == [0, 10]
+
+
 def _assert_packed_equals_padded(actor, critic, pad: int, temperature: float = 0.7):
+    """Log-probs, entropies and values of packed rows (several, under a 20-token budget) equal the padded forward's
+    on every real answer token, are 0 past each answer's end, and come back in the order of the indices asked for;
+    so do the gradients of a loss over them."""
     wrapper = PolicyAndValueWrapper(actor, critic).eval()
     vocab = min(actor.config.vocab_size, critic.config.vocab_size)
     prompt_ids, prompt_mask, completion_ids, completion_mask = _random_rollout(vocab, pad)
+    rollout = SimpleNamespace(
+        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, completion_mask=completion_mask
+    )
     input_ids = torch.cat([prompt_ids, completion_ids], 1)
     attention_mask = torch.cat([prompt_mask, completion_mask], 1)
-    prompt_width = prompt_ids.shape[1]
-    with torch.no_grad():
-        logits, values = wrapper(input_ids, attention_mask, position_ids_from_mask(attention_mask))
-        padded_logprobs = completion_logprobs(logits, completion_ids, temperature)
-        padded_values = completion_values(values, prompt_width)
-        reference_logits = actor(input_ids=input_ids, attention_mask=attention_mask).logits
-        padded_reference = completion_logprobs(reference_logits, completion_ids, temperature)
+    real = completion_mask.bool()
 
-        lengths = (prompt_mask.sum(1) + completion_mask.sum(1)).tolist()
-        for indices in token_budget_micro_batches(lengths, max_tokens=20):  # several micro-batches of varied size
-            packed = pack_rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, indices)
-            assert packed.num_tokens == sum(lengths[index] for index in indices)  # no pad token left
-            inputs = packed.model_inputs()
-            packed_logits, packed_value = wrapper(
-                inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
-            )
-            answers = completion_ids[indices]
-            real = completion_mask[indices].bool()
-            logprobs = packed_completion_logprobs(packed_logits, packed, answers, temperature)
-            values = packed_completion_values(packed_value, packed, answers.shape[1])
-            torch.testing.assert_close(logprobs[real], padded_logprobs[indices][real], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(values[real], padded_values[indices][real], atol=1e-5, rtol=1e-5)
-            assert (logprobs[~real] == 0).all() and (values[~real] == 0).all()
-            reference = packed_completion_logprobs(actor(**inputs).logits, packed, answers, temperature)
-            torch.testing.assert_close(reference[real], padded_reference[indices][real], atol=1e-5, rtol=1e-5)
+    logits, values = wrapper(input_ids, attention_mask, position_ids_from_mask(attention_mask))
+    padded = (
+        completion_logprobs(logits, completion_ids, temperature),
+        entropy_from_logits(completion_logits(logits, completion_ids.shape[1]), temperature),
+        completion_values(values, prompt_ids.shape[1]),
+    )
+    padded_loss = sum(tensor[real].sum() for tensor in padded)
+    padded_gradients = torch.autograd.grad(padded_loss, list(wrapper.parameters()))
+
+    def forward(ids, mask, positions, keep):
+        assert keep.dim() == 1  # the head runs on the answer states only
+        return wrapper(ids, mask, positions, logits_to_keep=keep)
+
+    indices = [2, 0, 3, 1]  # not in row order: the outputs must follow it
+    lengths = (prompt_mask.sum(1) + completion_mask.sum(1)).tolist()
+    assert len(token_budget_micro_batches([lengths[index] for index in indices], 20)) > 1  # several packed rows
+    packed = packed_forward(forward, rollout, indices, 20, torch.float32, temperature, entropy=True, entropy_grad=True)
+    for packed_values, padded_values in zip(packed, padded):
+        torch.testing.assert_close(packed_values[real[indices]], padded_values[indices][real[indices]], **TOLERANCE)
+        assert (packed_values[~real[indices]] == 0).all()
+    packed_loss = sum(tensor[real[indices]].sum() for tensor in packed)
+    packed_gradients = torch.autograd.grad(packed_loss, list(wrapper.parameters()))
+    for packed_gradient, padded_gradient in zip(packed_gradients, padded_gradients):
+        torch.testing.assert_close(packed_gradient, padded_gradient, atol=1e-4, rtol=1e-4)
 
 
 def test_packed_forward_equals_padded_tiny_opt(tiny_base_dir, tiny_reward_dir, tiny_tokenizer):
@@ -156,3 +180,49 @@ def test_trainer_scores_packed_like_padded(request, tmp_path, recompute, models)
         torch.testing.assert_close(packed_values[real], padded_values[real], atol=1e-5, rtol=1e-5)
     trainer.compute_advantages(rollout)
     assert trainer.update(rollout)["policy/ratio_max"] < 1.01
+
+
+@pytest.mark.parametrize(
+    ("models", "overrides"),
+    [
+        (("tiny_base_dir", "tiny_reward_dir"), {"entropy_coef": 0.01}),  # PPO with a critic and an entropy bonus
+        (("tiny_chat_dir", "tiny_chat_reward_dir"), {"kl_in_reward": False, "kl_coef": 0.1}),  # KL as a loss
+        (("tiny_chat_dir", "tiny_chat_reward_dir"), {"advantage_estimator": "grpo", "num_generations": 4}),
+    ],
+)
+def test_packed_update_has_the_padded_loss_and_gradient(request, tmp_path, models, overrides):
+    """A micro-batch of the update packed without pad tokens gives the loss, statistics and gradient of the same
+    samples padded: packing changes the work, not the update."""
+    import ppo_helpers
+
+    actor_dir, reward_dir = (request.getfixturevalue(name) for name in models)
+    trainer = ppo_helpers.build(tmp_path, actor_dir, reward_dir, max_steps=1, num_mini_batches=1, **overrides)
+    rollout = trainer.generate(trainer.next_batch())
+    trainer.score(rollout)
+    trainer.compute_advantages(rollout)
+    input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
+    batch_parts = (input_ids, attention_mask, position_ids_from_mask(attention_mask))
+    index = torch.tensor([5, 0, 3, 1, 6])
+    batch = tuple(part[index] for part in batch_parts)
+    mask = rollout.loss_mask()[index]
+    lengths = (rollout.prompt_mask.sum(1) + rollout.completion_mask.sum(1))[index]
+    assert (rollout.completion_mask.sum(1) < rollout.completion_ids.shape[1]).any()  # some padding to remove
+    results = []
+    for budget in (None, int(lengths.max()) + 1):  # padded, then packed into several rows
+        trainer.args.max_tokens_per_micro_batch = budget
+        trainer.model.zero_grad()
+        stats, loss, problem, _ = trainer.objective(
+            trainer.model, trainer.policy, rollout, index, batch, rollout.prompt_ids.shape[1], mask
+        )
+        loss.backward()
+        assert problem is None
+        gradients = [parameter.grad.clone() for parameter in trainer.model.parameters() if parameter.grad is not None]
+        results.append((stats, loss.detach(), gradients))
+    (padded_stats, padded_loss, padded_gradients), (packed_stats, packed_loss, packed_gradients) = results
+    torch.testing.assert_close(packed_loss, padded_loss, **TOLERANCE)
+    assert packed_stats.keys() == padded_stats.keys()
+    for name, value in padded_stats.items():
+        assert packed_stats[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
+    assert len(packed_gradients) == len(padded_gradients) > 0
+    for packed_gradient, padded_gradient in zip(packed_gradients, padded_gradients):
+        torch.testing.assert_close(packed_gradient, padded_gradient, atol=1e-5, rtol=1e-4)

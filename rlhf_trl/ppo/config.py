@@ -216,8 +216,9 @@ class PPOConfig(TrainingArguments):
     max_tokens_per_micro_batch: int | None = field(
         default=None,
         metadata={
-            "help": "Padding-free scoring: pack samples without pad tokens into micro-batches of at most this many "
-            "tokens (rlhf_trl.ppo.packing); None: padded micro-batches of micro_batch_size samples."
+            "help": "Padding-free scoring and training: samples packed without pad tokens into rows of at most this "
+            "many tokens (rlhf_trl.ppo.packing). Scoring packs the whole rollout; the update packs each micro-batch "
+            "of micro_batch_size samples, so its loss and gradient are the padded ones. None: padded rows."
         },
     )
     # Misc -----------------------------------------------------------------------------------------------------------

@@ -87,28 +87,29 @@ class PolicyAndValueWrapper(nn.Module):
         return logits, values
 
 
-def causal_lm_logits(model, input_ids, attention_mask, position_ids, logits_to_keep: int = 0) -> torch.Tensor:
-    """Logits of a causal LM [B, L, V], or of its last ``logits_to_keep`` positions [B, logits_to_keep, V].
+def causal_lm_logits(model, input_ids, attention_mask, position_ids, logits_to_keep=0) -> torch.Tensor:
+    """Logits of a causal LM [B, L, V], or of its last ``logits_to_keep`` positions [B, logits_to_keep, V], or of
+    the positions a 1D tensor ``logits_to_keep`` lists [B, len(logits_to_keep), V] (packed rows).
 
     PPO reads the logits of the answer only: keeping C + 1 of them (see :func:`completion_logits`) spares the
     language-model head (hidden x vocabulary, most of a small model's compute) every prompt position. A model whose
-    forward does not take Transformers' ``logits_to_keep`` (some remote-code models) is run whole instead, and that
-    is logged once.
+    forward does not take Transformers' ``logits_to_keep`` (some remote-code models) is run whole and sliced
+    afterwards instead, and that is logged once.
     """
-    if logits_to_keep and _KEEPS_LOGITS.get(type(model), True):
+    keep_all = isinstance(logits_to_keep, int) and logits_to_keep == 0
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    if not keep_all and _KEEPS_LOGITS.get(type(model), True):
         try:
-            return model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                logits_to_keep=logits_to_keep,
-            ).logits
+            return model(**inputs, logits_to_keep=logits_to_keep).logits
         except TypeError as error:
             if "logits_to_keep" not in str(error):
                 raise
             _KEEPS_LOGITS[type(model)] = False
             logger.warning("%s takes no logits_to_keep: its head runs on every position", type(model).__name__)
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    logits = model(**inputs).logits
+    if keep_all:
+        return logits
+    return logits[:, -logits_to_keep:] if isinstance(logits_to_keep, int) else logits[:, logits_to_keep]
 
 
 # Model classes found (by calling them) not to take logits_to_keep.

@@ -6,7 +6,7 @@ import random
 
 import torch
 
-from rlhf_trl.ppo import losses
+from rlhf_trl.ppo import losses, packing
 from rlhf_trl.ppo.masks import masked_mean
 from rlhf_trl.ppo.modeling import completion_logits, completion_logprobs, completion_values
 
@@ -42,10 +42,7 @@ class PPOObjective:
         rows; micro_mask: [M, C] their loss mask. Returns (stats, loss, problem or None, blown_up): ``problem`` names
         a NaN/inf loss, ``blown_up`` says the ratio or approximate KL passed its threshold."""
         args = self.args
-        completion = rollout.completion_ids[index]
-        # The head runs on the answer's positions only (the C+1 last): the prompt's logits are never read.
-        logits, values = model(*batch, logits_to_keep=completion.shape[1] + 1)
-        new_logprobs = completion_logprobs(logits, completion, args.temperature)
+        new_logprobs, token_entropy, new_values = self.forward(model, policy, rollout, index, batch, prompt_length)
         policy_loss, policy_stats = losses.policy_loss(
             new_logprobs,
             rollout.logprobs[index],
@@ -58,17 +55,14 @@ class PPOObjective:
         problems = [non_finite(policy_loss, "policy loss")]
         loss = policy_loss
         value_stats = {}
-        if values is not None:  # a critic: PPO's value loss
-            new_values = completion_values(values, prompt_length)
+        if new_values is not None:  # a critic: PPO's value loss
             value_loss, value_stats = losses.value_loss(
                 new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
             )
             problems.append(non_finite(value_loss, "value loss"))
             loss = loss + args.vf_coef * value_loss
             value_stats["loss"] = value_loss
-        with torch.set_grad_enabled(args.entropy_coef > 0):
-            answer_logits = completion_logits(logits, completion.shape[1])
-            entropy = masked_mean(losses.entropy_from_logits(answer_logits, args.temperature), micro_mask)
+        entropy = masked_mean(token_entropy, micro_mask)
         if args.entropy_coef:
             loss = loss - args.entropy_coef * entropy
         stats = {
@@ -97,6 +91,30 @@ class PPOObjective:
         )
         problem = next((problem for problem in problems if problem), None)
         return stats, loss, problem, blown_up
+
+    def forward(self, model, policy, rollout, index, batch, prompt_length: int):
+        """(log-probs [M, C] with gradient, entropy per token [M, C] (with gradient when entropy_coef > 0), values
+        [M, C] or None without a critic) of the micro-batch's answers, from padded rows or, with
+        max_tokens_per_micro_batch, from the same samples packed without pad tokens (packing.packed_forward)."""
+        args = self.args
+        entropy_grad = args.entropy_coef > 0
+        if args.max_tokens_per_micro_batch is not None:
+
+            def policy_and_value(ids, mask, positions, keep):
+                return model(ids, mask, positions, logits_to_keep=keep)
+
+            return packing.packed_forward(
+                policy_and_value, rollout, index.tolist(), args.max_tokens_per_micro_batch, policy.dtype,
+                args.temperature, entropy=True, entropy_grad=entropy_grad,
+            )  # fmt: skip
+        completion = rollout.completion_ids[index]
+        # The head runs on the answer's positions only (the C+1 last): the prompt's logits are never read.
+        logits, values = model(*batch, logits_to_keep=completion.shape[1] + 1)
+        logprobs = completion_logprobs(logits, completion, args.temperature)
+        with torch.set_grad_enabled(entropy_grad):
+            answer_logits = completion_logits(logits, completion.shape[1])
+            entropy = losses.entropy_from_logits(answer_logits, args.temperature)
+        return logprobs, entropy, (completion_values(values, prompt_length) if values is not None else None)
 
     def ptx_loss(self, policy) -> torch.Tensor:
         """Language-modelling loss of the actor on a random micro-batch of ptx texts."""

@@ -1,4 +1,4 @@
-"""Padding-free scoring and training: pack prompt+answer sequences into one row without pad tokens.
+"""Padding-free scoring and training: pack prompt+answer sequences into rows without pad tokens.
 
 A rollout is stored left-padded (prompts) and right-padded (answers): every forward over it pays for pad tokens,
 and short answers next to long ones waste most of it. Packing concatenates the real tokens of several samples
@@ -9,11 +9,14 @@ Why a 4D mask and not position ids alone: Transformers 5.24 infers packed sequen
 only where the model passes them to its mask builder and only without a cache (Llama, Qwen2 with
 ``use_cache=False``); OPT does not, and attends across samples. An additive float mask [1, 1, T, T] is honoured by
 the eager and SDPA attention of OPT, Llama and Qwen2 (a boolean one is not by eager attention). FlashAttention
-rejects 4D masks; on GPU with ``attn_implementation="flash_attention_2"`` pass ``position_ids`` only
-(``PackedBatch.model_inputs(with_mask=False)``), which its variable-length kernel reads as sample boundaries.
+rejects 4D masks, so the PPO script refuses ``max_tokens_per_micro_batch`` with it.
 
-Micro-batches are formed by a token budget over length-sorted samples (``token_budget_micro_batches``) instead of
-a fixed number of samples, so each forward does about the same work.
+Rows are formed by a token budget over length-sorted samples (``token_budget_micro_batches``) instead of a fixed
+number of samples, so each forward does about the same work, and the budget bounds the T x T mask and attention.
+Scoring packs the whole rollout into such rows. The update keeps its micro-batches of ``micro_batch_size``
+samples (their loss, gradient accumulation and optimizer steps are the padded update's) and packs each of them
+into rows under the same budget (``packed_forward``), so packing changes the work and not the update. The
+language-model head runs on the answer states only (Transformers' ``logits_to_keep`` as a tensor of positions).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_trl.ppo.losses import logprobs_from_logits
+from rlhf_trl.ppo.losses import entropy_from_logits, logprobs_from_logits
 
 
 def token_budget_micro_batches(lengths: list[int], max_tokens: int) -> list[list[int]]:
@@ -76,13 +79,6 @@ class PackedBatch:
     def num_tokens(self) -> int:
         return self.input_ids.shape[1]
 
-    def model_inputs(self, with_mask: bool = True) -> dict:
-        """Keyword arguments of a Transformers forward (no cache: a packed row is scored, not continued)."""
-        inputs = {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
-        if with_mask:
-            inputs["attention_mask"] = self.attention_mask
-        return inputs
-
     def completion_positions(self, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(state index [n, width], valid [n, width]): the packed position of the state before each answer token
         (the last prompt token, then each answer token but the last), and which of the ``width`` slots are real."""
@@ -123,17 +119,11 @@ def pack_rollout(
     )
 
 
-def packed_completion_logprobs(
-    logits: torch.Tensor, packed: PackedBatch, completion_ids: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """logits of a packed row [1, T, V] -> log-probs of each sample's answer tokens [n, C] in the padded layout
-    (``completion_ids`` [n, C] are the samples' padded answers; slots past an answer's end are 0)."""
-    state, valid = packed.completion_positions(completion_ids.shape[1])
-    rows = logits[0, state[valid]]  # [N, V]: only the real answer positions
-    values = logprobs_from_logits(rows[None], completion_ids[valid][None], temperature)[0]
-    output = torch.zeros(completion_ids.shape, dtype=values.dtype, device=values.device)
-    output[valid] = values
-    return output
+def pad_share(attention_masks: list[torch.Tensor]) -> float:
+    """Share of the positions of padded forwards that are pad tokens (mask 0): the work packing removes."""
+    total = sum(mask.numel() for mask in attention_masks)
+    real = sum(int(mask.sum()) for mask in attention_masks)
+    return 1.0 - real / total if total else 0.0
 
 
 def packed_completion_values(values: torch.Tensor, packed: PackedBatch, width: int) -> torch.Tensor:
@@ -142,41 +132,76 @@ def packed_completion_values(values: torch.Tensor, packed: PackedBatch, width: i
     return torch.where(valid, values[0, state], torch.zeros((), dtype=values.dtype, device=values.device))
 
 
-def pad_share(attention_masks: list[torch.Tensor]) -> float:
-    """Share of the positions of padded forwards that are pad tokens (mask 0): the work packing removes."""
-    total = sum(mask.numel() for mask in attention_masks)
-    real = sum(int(mask.sum()) for mask in attention_masks)
-    return 1.0 - real / total if total else 0.0
+def scatter_answers(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Values of the real answer slots in order [N] -> the padded layout [n, width] (0 past each answer's end);
+    differentiable in ``values``."""
+    return torch.zeros(valid.shape, dtype=values.dtype, device=values.device).masked_scatter(valid, values)
 
 
+def packed_forward(
+    forward, rollout, indices: list[int], max_tokens: int, mask_dtype, temperature, entropy=False, entropy_grad=False
+):
+    """Forwards over samples ``indices`` of a rollout, packed without pad tokens into rows of at most ``max_tokens``
+    tokens (one forward per row; a sample longer than the budget gets a row of its own).
+
+    ``forward(input_ids, attention_mask, position_ids, logits_to_keep)`` returns (logits [1, N, V] of the ``N``
+    kept positions or None, values [1, T] or None); ``logits_to_keep`` is the 1D tensor of the positions whose
+    logits are read (the state before each answer token), so the language-model head never runs on a prompt token.
+    Returns (log-probs, entropies, values), each [len(indices), C] in the rollout's padded layout, 0 past each
+    answer's end, or None where ``forward`` gave nothing (entropies: unless ``entropy``), differentiable when the
+    forward is (entropies only with ``entropy_grad``).
+    """
+    width = rollout.completion_ids.shape[1]
+    lengths = (rollout.prompt_mask[indices].sum(1) + rollout.completion_mask[indices].sum(1)).tolist()
+    rows = token_budget_micro_batches(lengths, max_tokens)
+    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": [], "values": []}
+    for row in rows:
+        samples = [indices[position] for position in row]
+        packed = pack_rollout(
+            rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask, samples,
+            mask_dtype,
+        )  # fmt: skip
+        state, valid = packed.completion_positions(width)
+        logits, values = forward(packed.input_ids, packed.attention_mask, packed.position_ids, state[valid])
+        if logits is not None:
+            answer_logits = logits[0][:, None]  # [N, 1, V]: chunked row by row in the log-softmax
+            answers = rollout.completion_ids[samples][valid][:, None]  # [N, 1]
+            parts["logprobs"].append(
+                scatter_answers(logprobs_from_logits(answer_logits, answers, temperature)[:, 0], valid)
+            )
+            if entropy:
+                with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                    parts["entropy"].append(
+                        scatter_answers(entropy_from_logits(answer_logits, temperature)[:, 0], valid)
+                    )
+        if values is not None:
+            parts["values"].append(packed_completion_values(values, packed, width))
+    # Rows hold the samples longest first: put them back in the order of ``indices``.
+    order = torch.tensor([position for row in rows for position in row], device=rollout.completion_ids.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    outputs = (torch.cat(parts[name])[inverse] if parts[name] else None for name in ("logprobs", "entropy", "values"))
+    return tuple(outputs)
+
+
+@torch.no_grad()
 def score_packed(model, reference_logits, rollout, temperature: float, max_tokens: int, mask_dtype: torch.dtype):
     """The scoring forwards of a rollout without pad tokens: (actor log-probs [B, C] or None, reference log-probs
     [B, C], values [B, C] or None without a critic) in the rollout's padded layout, 0 past each answer's end.
 
-    ``model``: the PolicyAndValueWrapper as prepared (called ``model(ids, mask, positions, with_logits=...)``);
-    the actor forward is skipped when ``rollout.logprobs`` is already set (log-probs from generation).
-    ``reference_logits``: ``f(ids, mask, positions) -> logits``. Micro-batches hold at most ``max_tokens`` tokens.
+    ``model``: the PolicyAndValueWrapper as prepared; the actor forward is skipped when ``rollout.logprobs`` is
+    already set (log-probs from generation). ``reference_logits``: ``f(ids, mask, positions, logits_to_keep) ->
+    logits``. Rows hold at most ``max_tokens`` tokens.
     """
-    lengths = (rollout.prompt_mask.sum(1) + rollout.completion_mask.sum(1)).tolist()
-    width = rollout.completion_ids.shape[1]
+    indices = list(range(len(rollout)))
     with_logits = rollout.logprobs is None
-    logprobs = torch.zeros(rollout.completion_ids.shape, device=rollout.completion_ids.device)
-    ref_logprobs, values = torch.zeros_like(logprobs), torch.zeros_like(logprobs)
-    for indices in token_budget_micro_batches(lengths, max_tokens):
-        packed = pack_rollout(
-            rollout.prompt_ids, rollout.prompt_mask, rollout.completion_ids, rollout.completion_mask, indices,
-            mask_dtype,
-        )  # fmt: skip
-        index = torch.tensor(indices, device=logprobs.device)
-        answers = rollout.completion_ids[index]
-        logits, value = model(packed.input_ids, packed.attention_mask, packed.position_ids, with_logits=with_logits)
-        if logits is not None:
-            logprobs[index] = packed_completion_logprobs(logits, packed, answers, temperature).float()
-        if value is not None:
-            values[index] = packed_completion_values(value, packed, width).float()
-        else:
-            values = None
-        del logits
-        ref = reference_logits(packed.input_ids, packed.attention_mask, packed.position_ids)
-        ref_logprobs[index] = packed_completion_logprobs(ref, packed, answers, temperature).float()
-    return (logprobs if with_logits else None), ref_logprobs, values
+
+    def policy_and_value(ids, mask, positions, keep):
+        return model(ids, mask, positions, with_logits=with_logits, logits_to_keep=keep)
+
+    def reference(ids, mask, positions, keep):
+        return reference_logits(ids, mask, positions, keep), None
+
+    logprobs, _, values = packed_forward(policy_and_value, rollout, indices, max_tokens, mask_dtype, temperature)
+    ref_logprobs, _, _ = packed_forward(reference, rollout, indices, max_tokens, mask_dtype, temperature)
+    return (logprobs.float() if logprobs is not None else None), ref_logprobs.float(), values

@@ -98,6 +98,11 @@ def main(argv=None) -> int:
     output = open_step_output(training_args, run_args)
     if not training_args.reward_model_path and not training_args.reward_funcs:
         raise StepError("PPO needs a reward: set reward_model_path and/or reward_funcs")
+    if training_args.max_tokens_per_micro_batch is not None and "flash" in (model_args.attn_implementation or ""):
+        raise StepError(
+            f"max_tokens_per_micro_batch packs samples under a 4D attention mask, which attn_implementation "
+            f"{model_args.attn_implementation} does not take: use sdpa or eager, or unset max_tokens_per_micro_batch"
+        )
     actor_path = resolve_model_name(model_args.model_name_or_path)
     remote_code = {"trust_remote_code": training_args.trust_remote_code}
     tokenizer = load_tokenizer(actor_path, "actor model", training_args.pad_token, training_args.trust_remote_code)
