@@ -8,7 +8,8 @@
 #   install      wheels from --wheels (default .whl/, filled by benchmarks/gpu_wheels.sh) into --site (default
 #                /tmp/site) with pip --no-index --no-deps; the repository and the site go first on PYTHONPATH
 #   gpu-tests    pytest -m gpu                                                          (120)
-#   bench-hf     rlhf-trl bench --preset opt-1.3b --bf16, hf rollout backend           (120)
+#   bench-hf     rlhf-trl bench --preset opt-1.3b --bf16, hf rollout backend; its first-update importance
+#                ratio is the bf16 mismatch of rollout log-probs taken from generation  (120)
 #   bench-ds     the same with the deepspeed rollout backend                            (120)
 #   bench-llama  rlhf-trl bench --preset llama-1b --bf16                                (90)
 #   vllm         vLLM rollout: skipped unless vllm imports (see the README's speed section) (10)
@@ -32,7 +33,7 @@ all_parts=(install gpu-tests bench-hf bench-ds bench-llama vllm memory)
 python=${PYTHON:-python3}
 command_line="benchmarks/gpu_check.sh $*"
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "gpu_check.sh: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case "$1" in

@@ -23,6 +23,7 @@ FIELDS = [
     "training (s per step)",
     "peak CPU memory",
     "effective TFLOPs per device",
+    "first-update importance ratio, rollout log-probs from generation's logits",
     "Command: `rlhf-trl bench --preset cpu",
     "Device: CPU",
 ]
@@ -51,6 +52,10 @@ def test_cpu_preset_reports_every_field(cpu_run):
     assert result["peak_memory_gib"] > 0.05
     assert all(value > 0 for value in result["tflops_per_device"].values())
     assert result["active_backend"] == "hf" and result["processes"] == 1
+    # fp32 on CPU: generation's log-probs are those of the update's first forward, so the ratio is 1 and nothing clips.
+    ratio = result["first_update_ratio"]
+    assert ratio["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and ratio["ratio_max"] == pytest.approx(1.0, abs=1e-3)
+    assert ratio["clip_fraction"] == 0.0 and abs(ratio["approx_kl"]) < 1e-6
 
 
 def test_append_adds_a_section_and_no_append_leaves_the_file_alone(tmp_path, monkeypatch, cpu_run, capsys):

@@ -134,3 +134,25 @@ def test_forward_probe_counts_pad_tokens_per_phase_and_model():
 def test_step3_profile_help():
     result = run(sys.executable, REPO / "benchmarks" / "step3_profile.py", "--help", PYTHONPATH=str(REPO))
     assert result.returncode == 0 and "--workload" in result.stdout
+
+
+@pytest.mark.slow
+def test_tiny_ppo_speed_measures_variants_side_by_side(tiny_base_dir, tiny_reward_dir, tmp_path):
+    """benchmarks/tiny_ppo_speed.py on a git worktree of HEAD: two sides with their own PPO flags, each a real PPO
+    run (2 steps here), summarised in a markdown table appended to the given file; its worktrees are removed."""
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    report = tmp_path / "BENCH.md"
+    quick = "--max_steps,2,--logging_steps,1,--eval_prompts_limit,16"
+    result = run(
+        sys.executable, REPO / "benchmarks" / "tiny_ppo_speed.py", "--variant", f"plain=HEAD:{quick}",
+        "--variant", f"one-epoch=HEAD:{quick},--num_ppo_epochs,1", "--rounds", "1",
+        "--sft-model", tiny_base_dir, "--reward-model", tiny_reward_dir, "--append", report, PYTHONPATH=str(REPO),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = report.read_text().splitlines()
+    rows = {line.split("|")[1].strip(): line.split("|") for line in lines if line.startswith("| ")}
+    assert rows["plain"][4].strip() == "1.00x" and float(rows["one-epoch"][3]) > 0
+    assert 0.0 <= float(rows["one-epoch"][5]) <= 1.0  # the held-out gold score of the run
+    listed = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "tiny-ppo-speed-" not in listed, "the script's worktrees must be removed"

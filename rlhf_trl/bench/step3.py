@@ -22,6 +22,7 @@ import datetime
 import json
 import resource
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -41,6 +42,9 @@ from rlhf_trl.bench.workloads import (
     step_flops,
 )
 from rlhf_trl.ppo.config import ROLLOUT_BACKENDS
+
+# The update's importance-ratio statistics the benchmark reports (step metrics policy/<name>).
+RATIO_STATS = ("ratio_mean", "ratio_max", "clip_fraction", "approx_kl")
 
 
 def peak_memory_gib() -> tuple[str, float]:
@@ -84,7 +88,10 @@ def run_benchmark(options: argparse.Namespace) -> dict:
         max_new_tokens=preset.answer_length,
         min_new_tokens=preset.answer_length,
         rollout_backend=options.rollout_backend,
+        recompute_rollout_logprobs=options.recompute_rollout_logprobs,
         bf16=options.bf16,
+        # Without a GPU, Transformers accepts bf16 only with use_cpu (a CPU bf16 run: the same kernels' dtype).
+        use_cpu=not torch.cuda.is_available(),
         report_to="none",
         save_steps=0,
         logging_steps=1,
@@ -107,8 +114,17 @@ def run_benchmark(options: argparse.Namespace) -> dict:
         trainer.step()
     before = dict(trainer.timings)
     started = time.perf_counter()
-    answer_lengths = [trainer.step()["response/length"] for _ in range(steps)]
+    step_metrics = [trainer.step() for _ in range(steps)]
     wall = time.perf_counter() - started
+    answer_lengths = [metrics["response/length"] for metrics in step_metrics]
+    # One epoch of one mini-batch: the update's only optimizer step comes after every ratio is taken, so these are
+    # the importance ratios of unchanged weights, new forward over rollout log-probs: the rollout's log-prob error.
+    ratio = {
+        name: (max if name == "ratio_max" else statistics.fmean)(
+            [metrics[f"policy/{name}"] for metrics in step_metrics]
+        )
+        for name in RATIO_STATS
+    }
     phases = {
         name: trainer.timings[f"{name}_s"] - before[f"{name}_s"] for name in ("generation", "scoring", "training")
     }
@@ -125,6 +141,8 @@ def run_benchmark(options: argparse.Namespace) -> dict:
         "is_main_process": trainer.accelerator.is_main_process,
         "rollout_backend": options.rollout_backend,
         "active_backend": trainer.rollout_backend_in_use,
+        "recompute_rollout_logprobs": options.recompute_rollout_logprobs,
+        "first_update_ratio": ratio,
         "actor_params": actor_params,
         "critic_params": critic_params,
         "prompt_length": preset.prompt_length,
@@ -183,6 +201,14 @@ def format_section(result: dict, command: str, when: datetime.datetime) -> str:
             (f"{label} (s per step)", f"{phases[name] / result['steps']:.2f} ({100 * phases[name] / wall:.0f}%)")
         )
     rows.append((result["memory_label"], f"{result['peak_memory_gib']:.2f}"))
+    source = "a separate actor forward" if result["recompute_rollout_logprobs"] else "generation's logits"
+    rows.append(
+        (
+            f"first-update importance ratio, rollout log-probs from {source} (mean over steps, max: largest): "
+            + " / ".join(RATIO_STATS),
+            " / ".join(f"{result['first_update_ratio'][name]:.4g}" for name in RATIO_STATS),
+        )
+    )
     rows.append(
         (
             "effective TFLOPs per device: overall / generation / scoring / training",
@@ -218,6 +244,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rollout-backend", choices=ROLLOUT_BACKENDS, default="hf", help="generation engine")
     parser.add_argument("--bf16", action="store_true", help="bf16 weights and mixed precision")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on the actor")
+    parser.add_argument(
+        "--recompute-rollout-logprobs",
+        action="store_true",
+        help="the actor's rollout log-probs from a scoring forward instead of generation's logits",
+    )
     parser.add_argument(
         "--lora-rank",
         type=int,
