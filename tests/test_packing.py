@@ -226,3 +226,39 @@ def test_packed_update_has_the_padded_loss_and_gradient(request, tmp_path, model
     assert len(packed_gradients) == len(padded_gradients) > 0
     for packed_gradient, padded_gradient in zip(packed_gradients, padded_gradients):
         torch.testing.assert_close(packed_gradient, padded_gradient, atol=1e-5, rtol=1e-4)
+
+
+def test_ppo_command_trains_a_chat_model_packed_as_it_does_padded(tmp_path, tiny_chat_dir, tiny_chat_reward_dir):
+    """`rlhf-trl ppo` on the tiny Llama-style chat model and conversational prompt files, with and without
+    max_tokens_per_micro_batch: both train (the saved actor moved away from the start), and the packed run ends
+    with the padded run's weights and statistics (same samples, same updates, only floating-point order differs)."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from rlhf_trl.scripts.ppo import cli as ppo_cli
+    from rlhf_trl.tiny.chat_model import conversational_records
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": r["prompt"]}) + "\n" for r in conversational_records("ppo", 32)))
+    common = [
+        "--model_name_or_path", str(tiny_chat_dir), "--reward_model_path", str(tiny_chat_reward_dir),
+        "--datasets", str(data), "--max_steps", "3", "--per_device_train_batch_size", "8", "--num_mini_batches", "2",
+        "--learning_rate", "1e-3", "--max_new_tokens", "8", "--logging_steps", "1", "--save_steps", "0",
+        "--report_to", "none", "--eval_strategy", "no", "--use_cpu", "true", "--seed", "3",
+    ]  # fmt: skip
+    runs = {}
+    for name, extra in (("padded", []), ("packed", ["--max_tokens_per_micro_batch", "64"])):
+        output = tmp_path / name
+        assert ppo_cli([*common, "--output_dir", str(output), *extra]) == 0
+        metrics = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = (load_file(output / "model.safetensors"), metrics)
+    start = load_file(tiny_chat_dir / "model.safetensors")
+    (padded, padded_metrics), (packed, packed_metrics) = runs["padded"], runs["packed"]
+    assert max((padded[key] - start[key]).abs().max().item() for key in start) > 1e-3, "the padded run did not train"
+    for key, value in padded.items():
+        torch.testing.assert_close(packed[key], value, atol=1e-4, rtol=1e-3)
+    assert [m["response/length"] for m in packed_metrics] == [m["response/length"] for m in padded_metrics]
+    for packed_step, padded_step in zip(packed_metrics, padded_metrics):
+        assert packed_step["policy/loss"] == pytest.approx(padded_step["policy/loss"], abs=1e-4)
+        assert packed_step["value/loss"] == pytest.approx(padded_step["value/loss"], rel=1e-3, abs=1e-5)
