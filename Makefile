@@ -11,7 +11,8 @@ OUTPUT_DIR ?= outputs/demo
 LATEST_VENV ?= .venv-latest
 LOCK_VENV ?= .venv-lock
 # Test processes (pytest-xdist): each test runs on one torch thread, so two processes keep two cores busy. Each test
-# file stays on one process (--dist loadfile): its module fixtures (trained tiny models) are built once.
+# file stays on one process (--dist loadfile): its module fixtures (trained tiny models) are built once. Files go out
+# in collection order (--no-loadscope-reorder), which tests/conftest.py starts with the longest files.
 TEST_WORKERS ?= 2
 
 .PHONY: install check-lock lock demo test test-fast test-latest test-gpu bench bench-memory gpu-wheels gpu-check lint clean
@@ -46,16 +47,16 @@ test-latest:
 	$(LATEST_VENV)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager -e ".[dev]"
 	$(LATEST_VENV)/bin/python -m pip freeze --exclude rlhf-trl > $(LATEST_VENV)/versions.txt
 	@echo "versions under test: $(LATEST_VENV)/versions.txt"
-	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(LATEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 demo: install
 	$(VENV)/bin/rlhf-trl e2e --recipe tiny --deployment-type cpu --output-dir $(OUTPUT_DIR) --overwrite_output_dir
 
 test: install
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-fast: install
-	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow" tests
 
 test-gpu: install
 	$(PY) -m pytest -q -m gpu tests
