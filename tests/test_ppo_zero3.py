@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_ppo_under_zero3_saves_a_trained_full_actor(tmp_path, tiny_base_dir, tiny_reward_dir):
+@pytest.mark.parametrize("packing", [[], ["--max_tokens_per_micro_batch", "64"]], ids=["padded", "packed"])
+def test_ppo_under_zero3_saves_a_trained_full_actor(tmp_path, tiny_base_dir, tiny_reward_dir, packing):
+    """Padded, and packed without pad tokens (several forwards of the partitioned models before each backward)."""
     output = tmp_path / "ppo"
     command = [
         sys.executable,
@@ -45,6 +47,7 @@ def test_ppo_under_zero3_saves_a_trained_full_actor(tmp_path, tiny_base_dir, tin
         "1e-3",
         "--plots",
         "false",
+        *packing,
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=900)
