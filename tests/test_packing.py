@@ -262,3 +262,39 @@ def test_ppo_command_trains_a_chat_model_packed_as_it_does_padded(tmp_path, tiny
     for packed_step, padded_step in zip(packed_metrics, padded_metrics):
         assert packed_step["policy/loss"] == pytest.approx(padded_step["policy/loss"], abs=1e-4)
         assert packed_step["value/loss"] == pytest.approx(padded_step["value/loss"], rel=1e-3, abs=1e-5)
+
+
+def test_lora_trainer_scores_and_updates_packed_like_padded(tmp_path, tiny_chat_dir, tiny_chat_reward_dir):
+    """LoRA on the tiny Llama-style chat actor: the reference is the base with adapters off, so the packed reference
+    forward goes through PEFT with a tensor ``logits_to_keep``; packed scoring equals padded, and a packed update
+    micro-batch gives the padded loss."""
+    import ppo_helpers
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+    trainer = ppo_helpers.build(
+        tmp_path, tiny_chat_dir, tiny_chat_reward_dir, max_steps=1, num_mini_batches=1, peft_config=lora,
+        recompute_rollout_logprobs=True,
+    )  # fmt: skip
+    assert trainer.ref_model is None, "LoRA: the reference is the actor with adapters disabled"
+    rollout = trainer.generate(trainer.next_batch())
+    trainer.score(rollout)
+    padded = (rollout.logprobs.clone(), rollout.ref_logprobs.clone(), rollout.values.clone())
+    trainer.args.max_tokens_per_micro_batch = 48
+    trainer.score(rollout)
+    real = rollout.completion_mask.bool()
+    for packed_values, padded_values in zip((rollout.logprobs, rollout.ref_logprobs, rollout.values), padded):
+        torch.testing.assert_close(packed_values[real], padded_values[real], **TOLERANCE)
+    trainer.compute_advantages(rollout)
+    input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
+    index = torch.arange(len(rollout))
+    batch = (input_ids, attention_mask, position_ids_from_mask(attention_mask))
+    losses = []
+    for budget in (None, 48):
+        trainer.args.max_tokens_per_micro_batch = budget
+        _, loss, problem, _ = trainer.objective(
+            trainer.model, trainer.policy, rollout, index, batch, rollout.prompt_ids.shape[1], rollout.loss_mask()
+        )
+        assert problem is None
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[1], losses[0], **TOLERANCE)
