@@ -120,7 +120,9 @@ def _assert_packed_equals_padded(actor, critic, pad: int, temperature: float = 0
     indices = [2, 0, 3, 1]  # not in row order: the outputs must follow it
     lengths = (prompt_mask.sum(1) + completion_mask.sum(1)).tolist()
     assert len(token_budget_micro_batches([lengths[index] for index in indices], 20)) > 1  # several packed rows
-    packed = packed_forward(forward, rollout, indices, 20, torch.float32, temperature, entropy=True, entropy_grad=True)
+    (packed,) = packed_forward(
+        [forward], rollout, indices, 20, torch.float32, temperature, entropy=True, entropy_grad=True
+    )
     for packed_values, padded_values in zip(packed, padded):
         torch.testing.assert_close(packed_values[real[indices]], padded_values[indices][real[indices]], **TOLERANCE)
         assert (packed_values[~real[indices]] == 0).all()

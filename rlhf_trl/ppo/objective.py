@@ -103,10 +103,11 @@ class PPOObjective:
             def policy_and_value(ids, mask, positions, keep):
                 return model(ids, mask, positions, logits_to_keep=keep)
 
-            return packing.packed_forward(
-                policy_and_value, rollout, index.tolist(), args.max_tokens_per_micro_batch, policy.dtype,
+            (outputs,) = packing.packed_forward(
+                [policy_and_value], rollout, index.tolist(), args.max_tokens_per_micro_batch, policy.dtype,
                 args.temperature, entropy=True, entropy_grad=entropy_grad,
             )  # fmt: skip
+            return outputs
         completion = rollout.completion_ids[index]
         # The head runs on the answer's positions only (the C+1 last): the prompt's logits are never read.
         logits, values = model(*batch, logits_to_keep=completion.shape[1] + 1)

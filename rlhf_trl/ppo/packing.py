@@ -126,12 +126,6 @@ def pad_share(attention_masks: list[torch.Tensor]) -> float:
     return 1.0 - real / total if total else 0.0
 
 
-def packed_completion_values(values: torch.Tensor, packed: PackedBatch, width: int) -> torch.Tensor:
-    """values of a packed row [1, T] -> value of the state before each answer token [n, width] (0 past the end)."""
-    state, valid = packed.completion_positions(width)
-    return torch.where(valid, values[0, state], torch.zeros((), dtype=values.dtype, device=values.device))
-
-
 def scatter_answers(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Values of the real answer slots in order [N] -> the padded layout [n, width] (0 past each answer's end);
     differentiable in ``values``."""
@@ -139,22 +133,23 @@ def scatter_answers(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def packed_forward(
-    forward, rollout, indices: list[int], max_tokens: int, mask_dtype, temperature, entropy=False, entropy_grad=False
+    forwards, rollout, indices: list[int], max_tokens: int, mask_dtype, temperature, entropy=False, entropy_grad=False
 ):
     """Forwards over samples ``indices`` of a rollout, packed without pad tokens into rows of at most ``max_tokens``
-    tokens (one forward per row; a sample longer than the budget gets a row of its own).
+    tokens (a sample longer than the budget gets a row of its own); each row is packed once and run through every
+    one of ``forwards``.
 
-    ``forward(input_ids, attention_mask, position_ids, logits_to_keep)`` returns (logits [1, N, V] of the ``N``
+    A forward ``f(input_ids, attention_mask, position_ids, logits_to_keep)`` returns (logits [1, N, V] of the ``N``
     kept positions or None, values [1, T] or None); ``logits_to_keep`` is the 1D tensor of the positions whose
     logits are read (the state before each answer token), so the language-model head never runs on a prompt token.
-    Returns (log-probs, entropies, values), each [len(indices), C] in the rollout's padded layout, 0 past each
-    answer's end, or None where ``forward`` gave nothing (entropies: unless ``entropy``), differentiable when the
-    forward is (entropies only with ``entropy_grad``).
+    Returns, for each forward, (log-probs, entropies, values), each [len(indices), C] in the rollout's padded
+    layout, 0 past each answer's end, or None where the forward gave nothing (entropies: unless ``entropy``),
+    differentiable when the forward is (entropies only with ``entropy_grad``).
     """
     width = rollout.completion_ids.shape[1]
     lengths = (rollout.prompt_mask[indices].sum(1) + rollout.completion_mask[indices].sum(1)).tolist()
     rows = token_budget_micro_batches(lengths, max_tokens)
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "entropy": [], "values": []}
+    parts: list[dict[str, list[torch.Tensor]]] = [{"logprobs": [], "entropy": [], "values": []} for _ in forwards]
     for row in rows:
         samples = [indices[position] for position in row]
         packed = pack_rollout(
@@ -162,26 +157,29 @@ def packed_forward(
             mask_dtype,
         )  # fmt: skip
         state, valid = packed.completion_positions(width)
-        logits, values = forward(packed.input_ids, packed.attention_mask, packed.position_ids, state[valid])
-        if logits is not None:
-            answer_logits = logits[0][:, None]  # [N, 1, V]: chunked row by row in the log-softmax
-            answers = rollout.completion_ids[samples][valid][:, None]  # [N, 1]
-            parts["logprobs"].append(
-                scatter_answers(logprobs_from_logits(answer_logits, answers, temperature)[:, 0], valid)
-            )
-            if entropy:
-                with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-                    parts["entropy"].append(
-                        scatter_answers(entropy_from_logits(answer_logits, temperature)[:, 0], valid)
-                    )
-        if values is not None:
-            parts["values"].append(packed_completion_values(values, packed, width))
+        keep = state[valid]
+        answers = rollout.completion_ids[samples][valid][:, None]  # [N, 1]
+        for forward, part in zip(forwards, parts):
+            logits, values = forward(packed.input_ids, packed.attention_mask, packed.position_ids, keep)
+            if logits is not None:
+                answer_logits = logits[0][:, None]  # [N, 1, V]: chunked row by row in the log-softmax
+                part["logprobs"].append(
+                    scatter_answers(logprobs_from_logits(answer_logits, answers, temperature)[:, 0], valid)
+                )
+                if entropy:
+                    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+                        part["entropy"].append(
+                            scatter_answers(entropy_from_logits(answer_logits, temperature)[:, 0], valid)
+                        )
+            if values is not None:
+                part["values"].append(scatter_answers(values[0, keep], valid))
+            logits = values = answer_logits = None  # freed before the next forward's
     # Rows hold the samples longest first: put them back in the order of ``indices``.
     order = torch.tensor([position for row in rows for position in row], device=rollout.completion_ids.device)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
-    outputs = (torch.cat(parts[name])[inverse] if parts[name] else None for name in ("logprobs", "entropy", "values"))
-    return tuple(outputs)
+    names = ("logprobs", "entropy", "values")
+    return [tuple(torch.cat(part[name])[inverse] if part[name] else None for name in names) for part in parts]
 
 
 @torch.no_grad()
@@ -202,6 +200,7 @@ def score_packed(model, reference_logits, rollout, temperature: float, max_token
     def reference(ids, mask, positions, keep):
         return reference_logits(ids, mask, positions, keep), None
 
-    logprobs, _, values = packed_forward(policy_and_value, rollout, indices, max_tokens, mask_dtype, temperature)
-    ref_logprobs, _, _ = packed_forward(reference, rollout, indices, max_tokens, mask_dtype, temperature)
+    (logprobs, _, values), (ref_logprobs, _, _) = packed_forward(
+        [policy_and_value, reference], rollout, indices, max_tokens, mask_dtype, temperature
+    )
     return (logprobs.float() if logprobs is not None else None), ref_logprobs.float(), values
