@@ -30,8 +30,6 @@ from pathlib import Path
 import yaml
 from step3_vs_trl import machine_description  # benchmarks/ is on sys.path when this script runs
 
-from rlhf_trl.bench.step3 import append_section
-
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny" / "ppo.yaml"
 NEWER_KEYS = ("num_threads",)  # recipe keys older revisions reject; OMP_NUM_THREADS=1 stands in for them
@@ -54,11 +52,23 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def fail(message: str):
+    """Bad input: one line naming the option, exit 2."""
+    print(f"tiny_ppo_speed.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def worktree(rev: str, root: Path) -> Path:
     path = root / rev.replace("/", "_").replace("^", "-parent").replace("~", "-")
     if not path.exists():
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(path), rev], check=True,
-                       capture_output=True)  # fmt: skip
+        added = subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-f", str(path), rev],
+            capture_output=True,
+            text=True,
+        )
+        if added.returncode:
+            reason = (added.stderr.strip().splitlines() or ["git worktree add failed"])[-1]
+            fail(f"--rev/--variant revision {rev!r}: {reason}")
     return path
 
 
@@ -85,18 +95,22 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     sides = [(rev, rev, []) for rev in args.rev]
     for variant in args.variant:
-        name, spec = variant.split("=", 1)
-        rev, flags = spec.split(":", 1)
+        name, _, spec = variant.partition("=")
+        rev, _, flags = spec.partition(":")
+        if not (name and rev and flags):
+            fail(f"--variant {variant!r}: expected NAME=REV:FLAG,VALUE,...")
         sides.append((name, rev, flags.split(",")))
     if not sides:
-        raise SystemExit("give at least one --rev or --variant")
+        fail("give at least one --rev or --variant")
     scratch = Path(tempfile.mkdtemp(prefix="tiny-ppo-speed-"))
     recipe = {key: value for key, value in yaml.safe_load(RECIPE.read_text()).items() if key not in NEWER_KEYS}
     config = scratch / "ppo.yaml"
     config.write_text(yaml.safe_dump(recipe))
-    trees = {rev: worktree(rev, scratch) for _, rev, _ in sides}
+    trees: dict[str, Path] = {}
     results: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
     try:
+        for _, rev, _ in sides:
+            trees[rev] = trees.get(rev) or worktree(rev, scratch)
         for round_index in range(args.rounds):
             for name, rev, extra in sides:
                 result = run_once(trees[rev], config, scratch / f"{name}-{round_index}", args, extra)
@@ -129,6 +143,8 @@ def main(argv=None) -> int:
     section = "\n".join(lines) + "\n"
     print(section)
     if args.append:
+        from rlhf_trl.bench.step3 import append_section  # imports torch and bitsandbytes: only when writing
+
         append_section(Path(args.append), section)
     return 0
 

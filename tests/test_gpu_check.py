@@ -136,6 +136,23 @@ def test_step3_profile_help():
     assert result.returncode == 0 and "--workload" in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (["--variant", "packed"], "--variant 'packed'"),
+        (["--variant", "packed=HEAD"], "--variant 'packed=HEAD'"),
+        ([], "--rev or --variant"),
+        (["--rev", "no-such-revision"], "'no-such-revision'"),
+    ],
+)
+def test_tiny_ppo_speed_bad_input_is_one_line(arguments, named):
+    result = run(sys.executable, REPO / "benchmarks" / "tiny_ppo_speed.py", *arguments, PYTHONPATH=str(REPO))
+    assert result.returncode == 2 and named in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    listed = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "tiny-ppo-speed-" not in listed
+
+
 @pytest.mark.slow
 def test_tiny_ppo_speed_measures_variants_side_by_side(tiny_base_dir, tiny_reward_dir, tmp_path):
     """benchmarks/tiny_ppo_speed.py on a git worktree of HEAD: two sides with their own PPO flags, each a real PPO
