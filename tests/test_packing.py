@@ -202,20 +202,14 @@ def test_packed_update_has_the_padded_loss_and_gradient(request, tmp_path, model
     rollout = trainer.generate(trainer.next_batch())
     trainer.score(rollout)
     trainer.compute_advantages(rollout)
-    input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
-    batch_parts = (input_ids, attention_mask, position_ids_from_mask(attention_mask))
     index = torch.tensor([5, 0, 3, 1, 6])
-    batch = tuple(part[index] for part in batch_parts)
-    mask = rollout.loss_mask()[index]
     lengths = (rollout.prompt_mask.sum(1) + rollout.completion_mask.sum(1))[index]
     assert (rollout.completion_mask.sum(1) < rollout.completion_ids.shape[1]).any()  # some padding to remove
     results = []
     for budget in (None, int(lengths.max()) + 1):  # padded, then packed into several rows
         trainer.args.max_tokens_per_micro_batch = budget
         trainer.model.zero_grad()
-        stats, loss, problem, _ = trainer.objective(
-            trainer.model, trainer.policy, rollout, index, batch, rollout.prompt_ids.shape[1], mask
-        )
+        stats, loss, problem, _ = trainer.objective(trainer.model, trainer.policy, rollout.select(index))
         loss.backward()
         assert problem is None
         gradients = [parameter.grad.clone() for parameter in trainer.model.parameters() if parameter.grad is not None]
@@ -288,15 +282,10 @@ def test_lora_trainer_scores_and_updates_packed_like_padded(tmp_path, tiny_chat_
     for packed_values, padded_values in zip((rollout.logprobs, rollout.ref_logprobs, rollout.values), padded):
         torch.testing.assert_close(packed_values[real], padded_values[real], **TOLERANCE)
     trainer.compute_advantages(rollout)
-    input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
-    index = torch.arange(len(rollout))
-    batch = (input_ids, attention_mask, position_ids_from_mask(attention_mask))
     losses = []
     for budget in (None, 48):
         trainer.args.max_tokens_per_micro_batch = budget
-        _, loss, problem, _ = trainer.objective(
-            trainer.model, trainer.policy, rollout, index, batch, rollout.prompt_ids.shape[1], rollout.loss_mask()
-        )
+        _, loss, problem, _ = trainer.objective(trainer.model, trainer.policy, rollout)
         assert problem is None
         losses.append(loss.detach())
     torch.testing.assert_close(losses[1], losses[0], **TOLERANCE)

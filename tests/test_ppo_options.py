@@ -147,16 +147,11 @@ def test_bias_corrected_kl_changes_the_gradient_not_the_loss(tmp_path, tiny_base
     )
     trainer.train()  # the actor moves away from the reference, so the KL term is not zero
     rollout = one_rollout(trainer)
-    input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    index = torch.arange(len(rollout))
 
     def loss_and_gradient(corrected: bool):
         trainer.args.use_bias_correction_kl = corrected
         trainer.optimizer.zero_grad()
-        stats, loss, _, _ = trainer._micro_batch_loss(
-            rollout, index, input_ids, attention_mask, position_ids, rollout.prompt_ids.shape[1], rollout.loss_mask()
-        )
+        stats, loss, _, _ = trainer._micro_batch_loss(rollout)
         loss.backward()
         gradient = torch.cat([p.grad.flatten() for p in trainer.policy.parameters() if p.grad is not None])
         return stats["policy/kl_loss"], loss.item(), gradient.clone()

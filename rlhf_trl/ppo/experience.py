@@ -80,6 +80,13 @@ class PromptSet:
         }
 
 
+# Rollout fields with one row per sample: [B, C] per answer token, or [B] per sample.
+ROW_TENSORS = (
+    "completion_ids", "completion_mask", "logprobs", "ref_logprobs", "values", "scores", "raw_scores", "gold_scores",
+    "valid", "kl", "rewards", "advantages", "returns",
+)  # fmt: skip
+
+
 @dataclass
 class Rollout:
     """One step's experience on this process. Shapes: B samples, P prompt tokens, C completion tokens."""
@@ -141,6 +148,38 @@ class Rollout:
         if self.valid is not None:
             mask = mask * self.valid.to(mask.device, mask.dtype)[:, None]
         return mask
+
+    def select(self, index: torch.Tensor) -> Rollout:
+        """The rollout of the samples ``index`` [M], without the columns that are padding in all of them: the prompt
+        columns before the longest prompt and the answer columns after the longest answer. A micro-batch's forward
+        then runs on its own width rather than the whole rollout's; the dropped positions are masked everywhere,
+        so its outputs on the kept ones are the same."""
+        index = index.to(self.prompt_ids.device)
+        prompt_mask = self.prompt_mask[index]
+        occupied = prompt_mask.any(0).nonzero()
+        first = int(occupied[0]) if len(occupied) else prompt_mask.shape[1] - 1
+        completion_mask = self.completion_mask[index]
+        occupied = completion_mask.any(0).nonzero()
+        width = int(occupied[-1]) + 1 if len(occupied) else 1
+        positions = index.tolist()
+
+        def pick(value):
+            if value is None:
+                return None
+            if isinstance(value, list):
+                return [value[position] for position in positions]
+            value = value[index.to(value.device)]
+            return value[:, :width] if value.dim() == 2 else value
+
+        return Rollout(
+            prompts=pick(self.prompts),
+            columns={key: pick(values) for key, values in self.columns.items()},
+            prompt_ids=self.prompt_ids[index, first:],
+            prompt_mask=prompt_mask[:, first:],
+            completions=pick(self.completions),
+            score_parts={name: pick(scores) for name, scores in self.score_parts.items()},
+            **{name: pick(getattr(self, name)) for name in ROW_TENSORS},
+        )
 
     @staticmethod
     def concatenate(parts: list[Rollout], pad_token_id: int) -> Rollout:

@@ -8,7 +8,7 @@ import torch
 
 from rlhf_trl.ppo import losses, packing
 from rlhf_trl.ppo.masks import masked_mean
-from rlhf_trl.ppo.modeling import completion_logits, completion_logprobs, completion_values
+from rlhf_trl.ppo.modeling import completion_logits, completion_logprobs, completion_values, position_ids_from_mask
 
 
 def non_finite(tensor: torch.Tensor, name: str) -> str | None:
@@ -36,17 +36,18 @@ class PPOObjective:
         self.ptx_texts = ptx_texts
         self.device = device
 
-    def __call__(self, model, policy, rollout, index, batch, prompt_length: int, micro_mask):
-        """model: the prepared policy-and-value model; policy: its unwrapped actor; rollout: the scored rollout with
-        advantages; index: [M] its rows in this micro-batch; batch: (input_ids, attention_mask, position_ids) of those
-        rows; micro_mask: [M, C] their loss mask. Returns (stats, loss, problem or None, blown_up): ``problem`` names
-        a NaN/inf loss, ``blown_up`` says the ratio or approximate KL passed its threshold."""
+    def __call__(self, model, policy, rows):
+        """model: the prepared policy-and-value model; policy: its unwrapped actor; rows: the micro-batch, the
+        scored rollout's samples with their advantages (``Rollout.select``). Returns (stats, loss, problem or None,
+        blown_up): ``problem`` names a NaN/inf loss, ``blown_up`` says the ratio or approximate KL passed its
+        threshold."""
         args = self.args
-        new_logprobs, token_entropy, new_values = self.forward(model, policy, rollout, index, batch, prompt_length)
+        micro_mask = rows.loss_mask()
+        new_logprobs, token_entropy, new_values = self.forward(model, policy, rows)
         policy_loss, policy_stats = losses.policy_loss(
             new_logprobs,
-            rollout.logprobs[index],
-            rollout.advantages[index],
+            rows.logprobs,
+            rows.advantages,
             micro_mask,
             args.cliprange,
             loss_type=args.loss_type,
@@ -57,7 +58,7 @@ class PPOObjective:
         value_stats = {}
         if new_values is not None:  # a critic: PPO's value loss
             value_loss, value_stats = losses.value_loss(
-                new_values, rollout.values[index], rollout.returns[index], micro_mask, args.cliprange_value
+                new_values, rows.values, rows.returns, micro_mask, args.cliprange_value
             )
             problems.append(non_finite(value_loss, "value loss"))
             loss = loss + args.vf_coef * value_loss
@@ -75,10 +76,8 @@ class PPOObjective:
         }
         stats.update({f"value/{name}": value.item() for name, value in value_stats.items()})
         if not args.kl_in_reward:
-            old_logprobs = rollout.logprobs[index] if args.use_bias_correction_kl else None
-            kl_term = losses.kl_loss(
-                new_logprobs, rollout.ref_logprobs[index], micro_mask, args.kl_loss_estimator, old_logprobs
-            )
+            old_logprobs = rows.logprobs if args.use_bias_correction_kl else None
+            kl_term = losses.kl_loss(new_logprobs, rows.ref_logprobs, micro_mask, args.kl_loss_estimator, old_logprobs)
             loss = loss + self.kl_controller.value * kl_term
             stats["policy/kl_loss"] = kl_term.item()
         if args.ptx_coef > 0:
@@ -92,7 +91,7 @@ class PPOObjective:
         problem = next((problem for problem in problems if problem), None)
         return stats, loss, problem, blown_up
 
-    def forward(self, model, policy, rollout, index, batch, prompt_length: int):
+    def forward(self, model, policy, rows):
         """(log-probs [M, C] with gradient, entropy per token [M, C] (with gradient when entropy_coef > 0), values
         [M, C] or None without a critic) of the micro-batch's answers, from padded rows or, with
         max_tokens_per_micro_batch, from the same samples packed without pad tokens (packing.packed_forward)."""
@@ -104,17 +103,22 @@ class PPOObjective:
                 return model(ids, mask, positions, logits_to_keep=keep)
 
             (outputs,) = packing.packed_forward(
-                [policy_and_value], rollout, index.tolist(), args.max_tokens_per_micro_batch, policy.dtype,
+                [policy_and_value], rows, list(range(len(rows))), args.max_tokens_per_micro_batch, policy.dtype,
                 args.temperature, entropy=True, entropy_grad=entropy_grad,
             )  # fmt: skip
             return outputs
-        completion = rollout.completion_ids[index]
+        completion = rows.completion_ids
+        attention_mask = rows.attention_mask()
         # The head runs on the answer's positions only (the C+1 last): the prompt's logits are never read.
-        logits, values = model(*batch, logits_to_keep=completion.shape[1] + 1)
+        logits, values = model(
+            rows.input_ids(), attention_mask, position_ids_from_mask(attention_mask),
+            logits_to_keep=completion.shape[1] + 1,
+        )  # fmt: skip
         logprobs = completion_logprobs(logits, completion, args.temperature)
         with torch.set_grad_enabled(entropy_grad):
             answer_logits = completion_logits(logits, completion.shape[1])
             entropy = losses.entropy_from_logits(answer_logits, args.temperature)
+        prompt_length = rows.prompt_ids.shape[1]
         return logprobs, entropy, (completion_values(values, prompt_length) if values is not None else None)
 
     def ptx_loss(self, policy) -> torch.Tensor:

@@ -30,7 +30,7 @@ from rlhf_trl.ppo.experience import PromptSampler, PromptSet, Rollout, ScoreNorm
 from rlhf_trl.ppo.forwards import score_forwards
 from rlhf_trl.ppo.kl_control import build_kl_controller
 from rlhf_trl.ppo.model_setup import build_accelerator, build_generator, check_tokenizer_and_critic, ready_models
-from rlhf_trl.ppo.modeling import PolicyAndValueWrapper, causal_lm_logits, position_ids_from_mask
+from rlhf_trl.ppo.modeling import PolicyAndValueWrapper, causal_lm_logits
 from rlhf_trl.ppo.objective import PPOObjective
 from rlhf_trl.ppo.optim import build_optimizer_and_scheduler
 from rlhf_trl.ppo.run_logger import RunLogger
@@ -306,10 +306,6 @@ class PPOTrainer:
     def update(self, rollout: Rollout) -> dict[str, float]:
         """PPO epochs over mini-batches of the rollout; returns mean statistics of the updates."""
         args = self.args
-        input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
-        position_ids = position_ids_from_mask(attention_mask)
-        prompt_length = rollout.prompt_ids.shape[1]
-        mask = rollout.loss_mask()
         stats: dict[str, list[float]] = {}
         skipped = 0
         for _ in range(args.num_ppo_epochs):
@@ -318,11 +314,10 @@ class PPOTrainer:
             order = torch.randperm(len(rollout)).tolist()
             for mini in micro_batches(len(rollout), args.local_mini_batch_size):
                 for micro in micro_batches(mini.stop - mini.start, args.micro_batch_size):
-                    index = torch.tensor(order[mini][micro], device=input_ids.device)
+                    # Each micro-batch runs on its own width: columns that are padding in all its samples are cut.
+                    rows = rollout.select(torch.tensor(order[mini][micro]))
                     with self.accelerator.accumulate(self.model):
-                        step_stats, loss, problem, blown_up = self._micro_batch_loss(
-                            rollout, index, input_ids, attention_mask, position_ids, prompt_length, mask
-                        )
+                        step_stats, loss, problem, blown_up = self._micro_batch_loss(rows)
                         step = self.state["global_step"]
                         blown_up = agree_on_micro_batch(problem, blown_up, step, self.accelerator.device)
                         if blown_up:
@@ -343,10 +338,9 @@ class PPOTrainer:
         summary["policy/skipped_micro_batches"] = float(skipped)
         return summary
 
-    def _micro_batch_loss(self, rollout, index, input_ids, attention_mask, position_ids, prompt_length, mask):
-        """(stats, loss, problem or None, blown_up) of the rows ``index`` of the rollout (PPOObjective)."""
-        batch = (input_ids[index], attention_mask[index], position_ids[index])
-        return self.objective(self.model, self.policy, rollout, index, batch, prompt_length, mask[index])
+    def _micro_batch_loss(self, rows):
+        """(stats, loss, problem or None, blown_up) of the micro-batch ``rows`` (PPOObjective)."""
+        return self.objective(self.model, self.policy, rows)
 
     def _count_blow_up(self, blown_up: bool, stats: dict[str, float]) -> None:
         """Track blown-up micro-batches in a row; too many stop training (earlier checkpoints stay intact)."""
