@@ -68,8 +68,8 @@ bench-memory: install
 	$(PY) -m rlhf_trl.bench.memory --size opt-125m --append
 
 # GPU machine (torch + CUDA, no network, no .venv): wheels carried in .whl/, filled here by `make gpu-wheels`.
-gpu-wheels:
-	benchmarks/gpu_wheels.sh --constraints $(LOCK)
+gpu-wheels: install
+	LOCK_PYTHON=$(VENV)/bin/python benchmarks/gpu_wheels.sh --constraints $(LOCK)
 
 gpu-check:
 	benchmarks/gpu_check.sh

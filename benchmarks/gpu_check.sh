@@ -6,7 +6,8 @@
 #
 # Parts, each under its own `timeout` (seconds):
 #   install      wheels from --wheels (default .whl/, filled by benchmarks/gpu_wheels.sh) into --site (default
-#                /tmp/site) with pip --no-index --no-deps; the repository and the site go first on PYTHONPATH
+#                /tmp/site) with pip --no-index --no-deps; the repository and the site go first on PYTHONPATH;
+#                then every requirement of the project is checked against what is there (gpu_wheel_set.py check)
 #   gpu-tests    pytest -m gpu                                                          (120)
 #   bench-hf     rlhf-trl bench --preset opt-1.3b --bf16, hf rollout backend; its first-update importance
 #                ratio is the bf16 mismatch of rollout log-probs taken from generation  (120)
@@ -33,7 +34,7 @@ all_parts=(install gpu-tests bench-hf bench-ds bench-llama vllm memory)
 python=${PYTHON:-python3}
 command_line="benchmarks/gpu_check.sh $*"
 
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 fail() { echo "gpu_check.sh: $*" >&2; exit 2; }
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -63,7 +64,7 @@ declare -A limit=([install]=120 [gpu-tests]=120 [bench-hf]=120 [bench-ds]=120 [b
 bench="$python -m rlhf_trl.cli bench --bf16 --steps 2 --warmup-steps 1 --benchmarks-file $benchmarks_file"
 memory_modes="full 8bit-lora"
 declare -A plan=(
-    [install]="$python -m pip install --quiet --no-index --no-deps --target $site $wheels/*.whl"
+    [install]="$python -m pip install --quiet --no-index --no-deps --target $site $wheels/*.whl && $python $repo/benchmarks/gpu_wheel_set.py check --pyproject $repo/pyproject.toml"
     [gpu-tests]="$python -m pytest -q -p no:cacheprovider -m gpu $repo/tests"
     [bench-hf]="$bench --preset opt-1.3b --rollout-backend hf"
     [bench-ds]="$bench --preset opt-1.3b --rollout-backend deepspeed"

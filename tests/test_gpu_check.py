@@ -173,3 +173,30 @@ def test_tiny_ppo_speed_measures_variants_side_by_side(tiny_base_dir, tiny_rewar
     assert 0.0 <= float(rows["one-epoch"][5]) <= 1.0  # the held-out gold score of the run
     listed = subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
     assert "tiny-ppo-speed-" not in listed, "the script's worktrees must be removed"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [(["--micro-batch", "0"], "--micro-batch"), (["--prompts", "6", "--micro-batch", "4"], "--prompts 6")],
+)
+def test_update_width_bad_input_is_one_line(arguments, named):
+    result = run(sys.executable, REPO / "benchmarks" / "update_width.py", *arguments, PYTHONPATH=str(REPO))
+    assert result.returncode == 2 and named in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_update_width_measures_both_sides_on_the_same_rollout(tmp_path):
+    """benchmarks/update_width.py runs real updates on a rollout of uneven answers, cut and at the whole width, and
+    appends a table in which the cut side reads fewer positions than the whole-width side."""
+    report = tmp_path / "BENCH.md"
+    result = run(
+        sys.executable, REPO / "benchmarks" / "update_width.py", "--prompts", "8", "--answer-length", "16",
+        "--micro-batch", "2", "--repeats", "1", "--append", report, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in report.read_text().splitlines() if "| " in line}
+    cut, whole = rows["cut"], rows["whole rollout width"]
+    whole_positions = int(whole[4].replace(",", ""))
+    assert whole_positions == 8 * (64 + 16)  # every micro-batch at the rollout's width (answers sampled to 16)
+    assert 0 < int(cut[4].replace(",", "")) < whole_positions
+    assert whole[5].strip() == "1.00x" and float(cut[3]) > 0

@@ -76,19 +76,9 @@ def test_select_keeps_one_answer_column_and_the_whole_width_when_nothing_is_padd
     everything = rollout.select(torch.arange(4))
     assert everything.prompt_ids.shape == rollout.prompt_ids.shape
     assert everything.completion_ids.shape == rollout.completion_ids.shape
-
-
-def full_width(rollout: Rollout, index: torch.Tensor) -> Rollout:
-    """The samples ``index`` at the rollout's full width: what the update ran on before micro-batches were cut."""
-
-    def pick(value):
-        if value is None:
-            return None
-        return [value[i] for i in index.tolist()] if isinstance(value, list) else value[index]
-
-    values = {field.name: getattr(rollout, field.name) for field in dataclasses.fields(Rollout)}
-    values = {name: pick(value) for name, value in values.items() if name not in ("columns", "score_parts")}
-    return Rollout(**values, columns={}, score_parts={})
+    uncut = rollout.select(torch.tensor([2, 0]), cut=False)
+    assert uncut.prompt_ids.tolist() == rollout.prompt_ids[[2, 0]].tolist()
+    assert uncut.advantages.tolist() == rollout.advantages[[2, 0]].tolist()
 
 
 @pytest.mark.parametrize(
@@ -114,7 +104,7 @@ def test_cut_micro_batch_has_the_full_width_loss_and_gradient(request, tmp_path,
     cut = rollout.select(index)
     assert cut.completion_ids.shape[1] + cut.prompt_ids.shape[1] < rollout.input_ids().shape[1], "nothing was cut"
     results = []
-    for rows in (full_width(rollout, index), cut):
+    for rows in (rollout.select(index, cut=False), cut):
         trainer.model.zero_grad()
         stats, loss, problem, _ = trainer.objective(trainer.model, trainer.policy, rows)
         assert problem is None
@@ -130,3 +120,29 @@ def test_cut_micro_batch_has_the_full_width_loss_and_gradient(request, tmp_path,
     assert any(gradient.abs().sum() > 0 for gradient in full_gradients)
     for cut_gradient, full_gradient in zip(cut_gradients, full_gradients):
         torch.testing.assert_close(cut_gradient, full_gradient, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("packed", [False, True])
+def test_ppo_on_cuda_trains_the_chat_model_in_bf16(tmp_path, tiny_chat_dir, tiny_chat_reward_dir, packed):
+    """Two PPO steps of the tiny Llama chat model on CUDA in bf16 (micro-batches cut to their width, or packed): the
+    actor moves, every logged loss is finite, and the first update's importance ratio stays near 1 although the
+    rollout log-probs come from generation's bf16 logits."""
+    import math
+
+    import ppo_helpers
+
+    trainer = ppo_helpers.build(
+        tmp_path, tiny_chat_dir, tiny_chat_reward_dir, max_steps=2, use_cpu=False, bf16=True,
+        max_tokens_per_micro_batch=64 if packed else None,
+    )  # fmt: skip
+    assert trainer.accelerator.device.type == "cuda"
+    start = [parameter.detach().float().clone() for parameter in trainer.policy.parameters()]
+    trainer.train()
+    moved = max((p.detach().float() - s).abs().max().item() for p, s in zip(trainer.policy.parameters(), start))
+    assert moved > 0, "the actor did not change"
+    logged = [entry for entry in trainer.log_history if "policy/loss" in entry]
+    assert logged and all(math.isfinite(entry["policy/loss"]) for entry in logged)
+    assert all(math.isfinite(entry["value/loss"]) for entry in logged)
+    assert logged[0]["policy/ratio_max"] < 1.5

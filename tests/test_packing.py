@@ -90,13 +90,16 @@ def test_pack_rollout_holds_only_real_tokens_with_restarting_positions():
     assert packed.starts.tolist() == [0, 10]
 
 
-def _assert_packed_equals_padded(actor, critic, pad: int, temperature: float = 0.7):
+def _assert_packed_equals_padded(actor, critic, pad: int, temperature: float = 0.7, device="cpu", tolerance=None):
     """Log-probs, entropies and values of packed rows (several, under a 20-token budget) equal the padded forward's
     on every real answer token, are 0 past each answer's end, and come back in the order of the indices asked for;
     so do the gradients of a loss over them."""
-    wrapper = PolicyAndValueWrapper(actor, critic).eval()
+    tolerance = tolerance or TOLERANCE
+    wrapper = PolicyAndValueWrapper(actor, critic).to(device).eval()
     vocab = min(actor.config.vocab_size, critic.config.vocab_size)
-    prompt_ids, prompt_mask, completion_ids, completion_mask = _random_rollout(vocab, pad)
+    prompt_ids, prompt_mask, completion_ids, completion_mask = (
+        tensor.to(device) for tensor in _random_rollout(vocab, pad)
+    )
     rollout = SimpleNamespace(
         prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, completion_mask=completion_mask
     )
@@ -124,12 +127,27 @@ def _assert_packed_equals_padded(actor, critic, pad: int, temperature: float = 0
         [forward], rollout, indices, 20, torch.float32, temperature, entropy=True, entropy_grad=True
     )
     for packed_values, padded_values in zip(packed, padded):
-        torch.testing.assert_close(packed_values[real[indices]], padded_values[indices][real[indices]], **TOLERANCE)
+        torch.testing.assert_close(packed_values[real[indices]], padded_values[indices][real[indices]], **tolerance)
         assert (packed_values[~real[indices]] == 0).all()
     packed_loss = sum(tensor[real[indices]].sum() for tensor in packed)
     packed_gradients = torch.autograd.grad(packed_loss, list(wrapper.parameters()))
     for packed_gradient, padded_gradient in zip(packed_gradients, padded_gradients):
         torch.testing.assert_close(packed_gradient, padded_gradient, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_packed_forward_equals_padded_on_cuda(tiny_chat_dir, attention):
+    """The same check on CUDA kernels (fp32; SDPA takes the packed rows' 4D mask on its CUDA paths)."""
+    from transformers import AutoTokenizer
+
+    actor = AutoModelForCausalLM.from_pretrained(tiny_chat_dir, attn_implementation=attention)
+    critic = AutoModelForSequenceClassification.from_pretrained(
+        tiny_chat_dir, num_labels=1, attn_implementation=attention
+    )
+    pad = AutoTokenizer.from_pretrained(tiny_chat_dir).pad_token_id
+    _assert_packed_equals_padded(actor, critic, pad, device="cuda", tolerance={"atol": 1e-4, "rtol": 1e-4})
 
 
 def test_packed_forward_equals_padded_tiny_opt(tiny_base_dir, tiny_reward_dir, tiny_tokenizer):

@@ -149,18 +149,20 @@ class Rollout:
             mask = mask * self.valid.to(mask.device, mask.dtype)[:, None]
         return mask
 
-    def select(self, index: torch.Tensor) -> Rollout:
+    def select(self, index: torch.Tensor, cut: bool = True) -> Rollout:
         """The rollout of the samples ``index`` [M], without the columns that are padding in all of them: the prompt
         columns before the longest prompt and the answer columns after the longest answer. A micro-batch's forward
         then runs on its own width rather than the whole rollout's; the dropped positions are masked everywhere,
-        so its outputs on the kept ones are the same."""
+        so its outputs on the kept ones are the same. ``cut=False`` keeps the rollout's width."""
         index = index.to(self.prompt_ids.device)
         prompt_mask = self.prompt_mask[index]
-        occupied = prompt_mask.any(0).nonzero()
-        first = int(occupied[0]) if len(occupied) else prompt_mask.shape[1] - 1
         completion_mask = self.completion_mask[index]
-        occupied = completion_mask.any(0).nonzero()
-        width = int(occupied[-1]) + 1 if len(occupied) else 1
+        first, width = 0, completion_mask.shape[1]
+        if cut:
+            occupied = prompt_mask.any(0).nonzero()
+            first = int(occupied[0]) if len(occupied) else prompt_mask.shape[1] - 1
+            occupied = completion_mask.any(0).nonzero()
+            width = int(occupied[-1]) + 1 if len(occupied) else 1
         positions = index.tolist()
 
         def pick(value):
