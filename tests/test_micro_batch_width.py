@@ -146,3 +146,40 @@ def test_ppo_on_cuda_trains_the_chat_model_in_bf16(tmp_path, tiny_chat_dir, tiny
     assert logged and all(math.isfinite(entry["policy/loss"]) for entry in logged)
     assert all(math.isfinite(entry["value/loss"]) for entry in logged)
     assert logged[0]["policy/ratio_max"] < 1.5
+
+
+@pytest.mark.parametrize("models", [("tiny_base_dir", "tiny_reward_dir"), ("tiny_chat_dir", "tiny_chat_reward_dir")])
+def test_scoring_cuts_its_micro_batches_and_gives_the_full_width_outputs(request, tmp_path, monkeypatch, models):
+    """Padded scoring runs each micro-batch on its own width: actor, reference and critic outputs on every real
+    answer token equal those of the whole width, and are 0 past each micro-batch's longest answer."""
+    import functools
+
+    import ppo_helpers
+
+    actor_dir, reward_dir = (request.getfixturevalue(name) for name in models)
+    trainer = ppo_helpers.build(
+        tmp_path, actor_dir, reward_dir, max_steps=1, per_device_train_batch_size=16, gradient_accumulation_steps=4,
+        recompute_rollout_logprobs=True,
+    )  # fmt: skip
+    assert trainer.args.micro_batch_size == 2
+    rollout = trainer.generate(trainer.next_batch())
+    # answers ended at uneven lengths (the untrained chat model seldom ends by itself)
+    lengths = torch.tensor([6, 1, 2, 3, 6, 4, 2, 2, 5, 1, 6, 6, 3, 3, 1, 6])
+    assert rollout.completion_ids.shape[1] == 6
+    keep = torch.arange(6)[None] < lengths[:, None]
+    rollout.completion_mask = rollout.completion_mask * keep
+    rollout.completion_ids = rollout.completion_ids.masked_fill(~keep, trainer.tokenizer.pad_token_id)
+    lengths = rollout.completion_mask.sum(1)
+    narrower = [lengths[start : start + 2].max() < rollout.completion_ids.shape[1] for start in range(0, 16, 2)]
+    assert any(narrower), "every micro-batch holds a longest answer: nothing to cut"
+    trainer.score(rollout)
+    cut = (rollout.logprobs.clone(), rollout.ref_logprobs.clone(), rollout.values.clone())
+    monkeypatch.setattr(Rollout, "select", functools.partialmethod(Rollout.select, cut=False))
+    trainer.score(rollout)
+    whole = (rollout.logprobs, rollout.ref_logprobs, rollout.values)
+    real = rollout.completion_mask.bool()
+    for cut_values, whole_values in zip(cut, whole):
+        torch.testing.assert_close(cut_values[real], whole_values[real], atol=1e-5, rtol=1e-5)
+        for start, is_narrower in zip(range(0, 16, 2), narrower):
+            if is_narrower:
+                assert (cut_values[start : start + 2, int(lengths[start : start + 2].max()) :] == 0).all()

@@ -1,5 +1,6 @@
 """The no-gradient forwards that score a rollout: the actor's and the reference's log-probs of the completion tokens
-and the critic's values, over padded micro-batches or packed without padding (packing.score_packed)."""
+and the critic's values, over padded micro-batches (each cut to its own width) or packed without padding
+(packing.score_packed)."""
 
 from __future__ import annotations
 
@@ -24,21 +25,26 @@ def score_forwards(model, reference_logits, rollout: Rollout, args, policy_dtype
         return packing.score_packed(
             model, reference_logits, rollout, args.temperature, args.max_tokens_per_micro_batch, policy_dtype
         )
-    input_ids, attention_mask = rollout.input_ids(), rollout.attention_mask()
-    position_ids = position_ids_from_mask(attention_mask)
-    prompt_length = rollout.prompt_ids.shape[1]
+    width = rollout.completion_ids.shape[1]
     logprobs, ref_logprobs, values = [], [], []
     for part in micro_batches(len(rollout), args.micro_batch_size):
-        ids, mask, positions = input_ids[part], attention_mask[part], position_ids[part]
-        completion = rollout.completion_ids[part]
+        # Each micro-batch runs on its own width (Rollout.select); its outputs are padded back to the rollout's.
+        rows = rollout.select(torch.arange(part.start, part.stop))
+        mask = rows.attention_mask()
+        ids, positions, completion = rows.input_ids(), position_ids_from_mask(mask), rows.completion_ids
         # Speed hook: no actor forward when generation gave the log-probs (recompute_rollout_logprobs off).
         keep = completion.shape[1] + 1  # the head runs on the answer's positions only
         logits, value = model(ids, mask, positions, with_logits=rollout.logprobs is None, logits_to_keep=keep)
         if logits is not None:
-            logprobs.append(completion_logprobs(logits, completion, args.temperature))
+            logprobs.append(pad_columns(completion_logprobs(logits, completion, args.temperature), width))
         if value is not None:
-            values.append(completion_values(value, prompt_length))
+            values.append(pad_columns(completion_values(value, rows.prompt_ids.shape[1]), width))
         ref_logits = reference_logits(ids, mask, positions, keep)
-        ref_logprobs.append(completion_logprobs(ref_logits, completion, args.temperature))
+        ref_logprobs.append(pad_columns(completion_logprobs(ref_logits, completion, args.temperature), width))
         del logits, ref_logits
     return torch.cat(logprobs) if logprobs else None, torch.cat(ref_logprobs), torch.cat(values) if values else None
+
+
+def pad_columns(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """[M, C'] -> [M, width] with zeros on the right (past every answer's end)."""
+    return torch.nn.functional.pad(tensor, (0, width - tensor.shape[1]))
