@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -91,6 +92,10 @@ def run_once(tree: Path, config: Path, output: Path, args, extra: list[str]) -> 
     return {"step_s": sum(phases.values()), **phases, "gold": final["eval/gold_score"]}
 
 
+def stopped(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sides = [(rev, rev, []) for rev in args.rev]
@@ -108,6 +113,8 @@ def main(argv=None) -> int:
     config.write_text(yaml.safe_dump(recipe))
     trees: dict[str, Path] = {}
     results: dict[str, list[dict]] = {name: [] for name, _, _ in sides}
+    # A stopped measurement (SIGTERM, as from `kill` or a time limit) still removes its worktrees and its run.
+    signal.signal(signal.SIGTERM, stopped)
     try:
         for _, rev, _ in sides:
             trees[rev] = trees.get(rev) or worktree(rev, scratch)

@@ -200,3 +200,32 @@ def test_update_width_measures_both_sides_on_the_same_rollout(tmp_path):
     assert whole_positions == 8 * (64 + 16)  # every micro-batch at the rollout's width (answers sampled to 16)
     assert 0 < int(cut[4].replace(",", "")) < whole_positions
     assert whole[5].strip() == "1.00x" and float(cut[3]) > 0
+
+
+@pytest.mark.slow
+def test_tiny_ppo_speed_stopped_midway_leaves_no_worktree(tiny_base_dir, tiny_reward_dir):
+    """SIGTERM while a PPO run is under way: the script exits, its PPO run is stopped and its worktree removed."""
+    import signal
+    import time
+
+    if subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / "benchmarks" / "tiny_ppo_speed.py"), "--rev", "HEAD", "--rounds", "1",
+         "--sft-model", str(tiny_base_dir), "--reward-model", str(tiny_reward_dir)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+    def worktrees() -> str:
+        return subprocess.run(["git", "-C", str(REPO), "worktree", "list"], capture_output=True, text=True).stdout
+
+    deadline = time.monotonic() + 120
+    while "tiny-ppo-speed-" not in worktrees() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # the PPO run has started
+    assert process.poll() is None, "the measurement ended before it could be stopped"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "tiny-ppo-speed-" not in worktrees()
+    runs = subprocess.run(["pgrep", "-f", "tiny-ppo-speed-"], capture_output=True, text=True).stdout
+    assert not runs.strip(), "a PPO run of the stopped measurement is still running"
