@@ -38,6 +38,14 @@ def config(tmp_path, **overrides):
     return PPOConfig(**values)
 
 
+# (model fixtures, PPOConfig overrides) whose update losses cover every term: PPO with a critic and an entropy
+# bonus on the tiny OPT, the KL as a loss and GRPO on the tiny Llama chat model.
+UPDATE_SETUPS = [
+    (("tiny_base_dir", "tiny_reward_dir"), {"entropy_coef": 0.01}),
+    (("tiny_chat_dir", "tiny_chat_reward_dir"), {"kl_in_reward": False, "kl_coef": 0.1}),
+    (("tiny_chat_dir", "tiny_chat_reward_dir"), {"advantage_estimator": "grpo", "num_generations": 4}),
+]
+
 # Arguments of build() that are not PPOConfig fields.
 BUILD_ONLY = ("peft_config", "reward_funcs", "ptx_dataset")
 

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from ppo_helpers import UPDATE_SETUPS
 
 from rlhf_trl.ppo.experience import ROW_TENSORS, Rollout
 
@@ -81,14 +82,7 @@ def test_select_keeps_one_answer_column_and_the_whole_width_when_nothing_is_padd
     assert uncut.advantages.tolist() == rollout.advantages[[2, 0]].tolist()
 
 
-@pytest.mark.parametrize(
-    ("models", "overrides"),
-    [
-        (("tiny_base_dir", "tiny_reward_dir"), {"entropy_coef": 0.01}),  # PPO with a critic and an entropy bonus
-        (("tiny_chat_dir", "tiny_chat_reward_dir"), {"kl_in_reward": False, "kl_coef": 0.1}),  # KL as a loss
-        (("tiny_chat_dir", "tiny_chat_reward_dir"), {"advantage_estimator": "grpo", "num_generations": 4}),
-    ],
-)
+@pytest.mark.parametrize(("models", "overrides"), UPDATE_SETUPS)
 def test_cut_micro_batch_has_the_full_width_loss_and_gradient(request, tmp_path, models, overrides):
     import ppo_helpers
 

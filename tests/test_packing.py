@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from ppo_helpers import UPDATE_SETUPS
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf_trl.ppo.losses import entropy_from_logits
@@ -202,14 +203,7 @@ def test_trainer_scores_packed_like_padded(request, tmp_path, recompute, models)
     assert trainer.update(rollout)["policy/ratio_max"] < 1.01
 
 
-@pytest.mark.parametrize(
-    ("models", "overrides"),
-    [
-        (("tiny_base_dir", "tiny_reward_dir"), {"entropy_coef": 0.01}),  # PPO with a critic and an entropy bonus
-        (("tiny_chat_dir", "tiny_chat_reward_dir"), {"kl_in_reward": False, "kl_coef": 0.1}),  # KL as a loss
-        (("tiny_chat_dir", "tiny_chat_reward_dir"), {"advantage_estimator": "grpo", "num_generations": 4}),
-    ],
-)
+@pytest.mark.parametrize(("models", "overrides"), UPDATE_SETUPS)
 def test_packed_update_has_the_padded_loss_and_gradient(request, tmp_path, models, overrides):
     """A micro-batch of the update packed without pad tokens gives the loss, statistics and gradient of the same
     samples padded: packing changes the work, not the update."""
