@@ -85,7 +85,15 @@ export PYTHONPATH=$repo:$site${PYTHONPATH:+:$PYTHONPATH}
 parts_file=$(mktemp)
 status=0
 echo "gpu_check: $(date -u '+%Y-%m-%d %H:%M:%S UTC'), parts: ${parts[*]}" | tee -a "$log"
+# Torch's C++/CUDA extension builds (DeepSpeed's ops) hold a lock file while they compile; a part stopped by its
+# timeout mid-build leaves it behind, and every later build would wait on it forever. Parts run one at a time, so a
+# lock present between parts is stale.
+extensions=${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions}
 for part in "${parts[@]}"; do
+    while IFS= read -r -d '' stale; do
+        echo "$part: removed $stale, a build lock left by a stopped part" | tee -a "$log"
+        rm -f "$stale"
+    done < <(find "$extensions" -name lock -type f -print0 2>/dev/null)
     command=${plan[$part]}
     if [[ $part == install ]]; then
         compgen -G "$wheels/*.whl" >/dev/null || { echo "install: no wheels in $wheels (run benchmarks/gpu_wheels.sh)" | tee -a "$log"; printf '%s\t3\t0\t%s\n' "$part" "${limit[$part]}" >>"$parts_file"; continue; }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -229,3 +230,49 @@ def test_tiny_ppo_speed_stopped_midway_leaves_no_worktree(tiny_base_dir, tiny_re
     assert "tiny-ppo-speed-" not in worktrees()
     runs = subprocess.run(["pgrep", "-f", "tiny-ppo-speed-"], capture_output=True, text=True).stdout
     assert not runs.strip(), "a PPO run of the stopped measurement is still running"
+
+
+def test_gpu_check_runs_its_parts_and_clears_a_stale_build_lock(tmp_path):
+    """The check's loop on this CPU machine, through a python that answers the two CUDA probes as a GPU machine
+    would: the install part installs the wheels and checks the requirements, vllm is skipped, a build lock left by a
+    stopped part is removed and said, and the summary lands in the benchmarks file."""
+    shim = tmp_path / "python"
+    shim.write_text(
+        "#!/usr/bin/env bash\n"
+        'case "$*" in\n'
+        "  *cuda.is_available*) exit 0 ;;\n"
+        '  *get_device_name*) echo "1 x Pretend GPU"; exit 0 ;;\n'
+        "esac\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    shim.chmod(0o755)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    files = {
+        "tinypkg/__init__.py": "VALUE = 7\n",
+        "tinypkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        "tinypkg-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files["tinypkg-1.0.dist-info/RECORD"] = "".join(f"{name},,\n" for name in [*files, "tinypkg-1.0.dist-info/RECORD"])
+    with zipfile.ZipFile(wheels / "tinypkg-1.0-py3-none-any.whl", "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    extensions = tmp_path / "extensions"
+    stale = extensions / "deepspeed_shm_comm" / "lock"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("")
+    benchmarks = tmp_path / "BENCHMARKS.md"
+    benchmarks.write_text("# Benchmarks\n")
+    site, log = tmp_path / "site", tmp_path / "check.log"
+    environment = {"PYTHON": str(shim), "TORCH_EXTENSIONS_DIR": str(extensions), "OUT": ""}
+    result = run(
+        GPU_CHECK, "--wheels", wheels, "--site", site, "--benchmarks-file", benchmarks, "--log", log,
+        "--only", "install", "vllm", **environment,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr + (log.read_text() if log.exists() else "")
+    assert not stale.exists() and f"install: removed {stale}" in result.stdout
+    assert (site / "tinypkg" / "__init__.py").is_file()
+    assert "every requirement of the project and of what it pulls in is met" in log.read_text()
+    summary = benchmarks.read_text()
+    assert "- Device: 1 x Pretend GPU" in summary
+    assert "| install | ok |" in summary and "| vllm | skipped | 0 |" in summary
