@@ -276,3 +276,23 @@ def test_gpu_check_runs_its_parts_and_clears_a_stale_build_lock(tmp_path):
     summary = benchmarks.read_text()
     assert "- Device: 1 x Pretend GPU" in summary
     assert "| install | ok |" in summary and "| vllm | skipped | 0 |" in summary
+
+
+@pytest.mark.slow
+def test_rollout_logprobs_memory_compares_both_paths(tmp_path):
+    """benchmarks/rollout_logprobs_memory.py runs both sides in fresh processes and appends their table; with a
+    vocabulary large enough to show, the stored-logits side grows by at least what its logits take, the default
+    by less."""
+    report = tmp_path / "BENCH.md"
+    result = run(
+        sys.executable, REPO / "benchmarks" / "rollout_logprobs_memory.py", "--vocab", "32000", "--batch", "8",
+        "--answer-length", "64", "--append", report, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in report.read_text().splitlines() if "| " in line}
+    stored_logits = 8 * 32000 * 4 * 64 / 2**20  # 62.5 MiB
+    default = float(rows["read during decoding (default)"][2].replace(",", ""))
+    stored = float(rows["output_logits (static cache)"][2].replace(",", ""))
+    assert stored >= stored_logits and default < stored - stored_logits / 2
+    bad = run(sys.executable, REPO / "benchmarks" / "rollout_logprobs_memory.py", "--batch", "0", PYTHONPATH=str(REPO))
+    assert bad.returncode == 2 and "--batch" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -18,7 +18,7 @@ PROMPTS = ["Human: sort 3 1 2 Assistant:", "Human: sort 5 Assistant:", "Human: s
 TEMPERATURE = 0.7
 
 
-def _sampling_config(tokenizer) -> GenerationConfig:
+def _sampling_config(tokenizer, **extra) -> GenerationConfig:
     # top-k and top-p make the processed ``scores`` differ from the raw logits: the log-probs must not use them.
     return GenerationConfig(
         max_new_tokens=10,
@@ -28,14 +28,15 @@ def _sampling_config(tokenizer) -> GenerationConfig:
         top_p=0.9,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        **extra,
     )
 
 
-def _max_disagreement(model, tokenizer) -> float:
+def _max_disagreement(model, tokenizer, **generation) -> float:
     """Largest |rollout log-prob - forward log-prob| over the real answer tokens of one sampled batch."""
     batch = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
     prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
-    rollout = HFRollout(model, tokenizer, _sampling_config(tokenizer))
+    rollout = HFRollout(model, tokenizer, _sampling_config(tokenizer, **generation))
     torch.manual_seed(0)
     completion_ids, rollout_logprobs = rollout.generate_with_logprobs(prompt_ids, prompt_mask, TEMPERATURE)
     torch.manual_seed(0)
@@ -54,10 +55,56 @@ def _max_disagreement(model, tokenizer) -> float:
     return (rollout_logprobs[real] - forward_logprobs[real]).abs().max().item()
 
 
-def test_rollout_logprobs_agree_with_a_forward_tiny_opt(tiny_base_dir):
+@pytest.mark.parametrize(
+    "generation",
+    [{}, {"cache_implementation": "static"}],  # read during decoding; from generate's stored logits (output_logits)
+)
+def test_rollout_logprobs_agree_with_a_forward_tiny_opt(tiny_base_dir, generation):
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_base_dir).eval()
-    assert _max_disagreement(model, tokenizer) < 1e-4  # fp32: measured about 1e-6
+    assert _max_disagreement(model, tokenizer, **generation) < 1e-4  # fp32: measured about 1e-6
+
+
+def test_rollout_logprobs_agree_with_a_forward_lora(tiny_chat_dir):
+    """With PEFT adapters generate runs the base model's forward: the log-probs are read there, adapters included."""
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat_dir)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    assert _max_disagreement(model.eval(), tokenizer) < 1e-4
+    with model.disable_adapter():  # the adapters change the answer's log-probs: the check above sees them
+        assert _max_disagreement(model.eval(), tokenizer) < 1e-4
+
+
+def test_decoding_logits_are_not_kept_for_every_step(tiny_chat_dir):
+    """By default generate is not asked for every step's logits (a [batch, vocab] tensor per generated token); the
+    hooks that read them step by step are gone afterwards."""
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_chat_dir).eval()
+    asked = []
+    generate = model.generate
+
+    def spy(*args, generation_config, **kwargs):
+        asked.append(bool(generation_config.output_logits))
+        return generate(*args, generation_config=generation_config, **kwargs)
+
+    model.generate = spy
+    batch = tokenizer(PROMPTS, return_tensors="pt", padding=True, padding_side="left")
+    rollout = HFRollout(model, tokenizer, _sampling_config(tokenizer))
+    completion_ids, logprobs = rollout.generate_with_logprobs(batch["input_ids"], batch["attention_mask"], 0.7)
+    assert asked == [False] and logprobs.shape == completion_ids.shape
+    assert not model._forward_hooks and not model._forward_pre_hooks
+
+
+def test_decode_logprobs_that_do_not_line_up_give_none(caplog):
+    from rlhf_trl.ppo.rollout import DecodeLogprobs
+
+    reader = DecodeLogprobs(torch.nn.Identity(), TEMPERATURE)
+    reader.values = [torch.zeros(2)]  # one step read, three tokens returned
+    with caplog.at_level("WARNING"):
+        assert reader.logprobs(torch.zeros(2, 3, dtype=torch.long)) is None
+    assert "recomputing" in caplog.text
 
 
 @pytest.mark.parametrize("fixture", ["tiny_chat_dir", "tiny_qwen2_chat_dir"])

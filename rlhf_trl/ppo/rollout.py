@@ -102,19 +102,28 @@ class HFRollout(RolloutBackend):
 
     def _generate(self, prompt_ids, prompt_mask, temperature: float | None):
         """-> (completion ids, log-probs or None). ``temperature`` None: no log-probs asked for."""
-        # Raw logits (``output_logits``), not ``scores``: scores went through the logits processors (top-k/top-p
-        # set filtered tokens to -inf, temperature is already applied), while PPO's log-probs are
-        # log softmax(raw logits / temperature), as losses.logprobs_from_logits computes them from a forward.
+        # Raw logits, not ``scores``: scores went through the logits processors (top-k/top-p set filtered tokens to
+        # -inf, temperature is already applied), while PPO's log-probs are log softmax(raw logits / temperature), as
+        # losses.logprobs_from_logits computes them from a forward.
         config = self.generation_config
-        if temperature is not None:
+        # Read step by step from each decoding forward (DecodeLogprobs: one [batch, vocab] tensor held at a time);
+        # where generation may compile its decoding step or splits the prompt's forward, ask generate for every
+        # step's logits instead (``output_logits``: one [batch, vocab] tensor per generated token until it ends).
+        hooked = (
+            temperature is not None
+            and config.cache_implementation is None
+            and getattr(config, "prefill_chunk_size", None) is None
+        )
+        if temperature is not None and not hooked:
             config = copy.deepcopy(config)
             config.output_logits, config.return_dict_in_generate = True, True
         with gathered_policy(self.model, self.accelerator) as model:
             was_training = model.training
             model.eval()
+            reader = DecodeLogprobs(model, temperature) if hooked else nullcontext()
             # The prepared model's forward is autocast under mixed precision, the inner generate is not.
             precision = self.accelerator.autocast() if self.accelerator is not None else nullcontext()
-            with precision:
+            with precision, reader:
                 output = model.generate(
                     input_ids=prompt_ids,
                     attention_mask=prompt_mask,
@@ -124,16 +133,74 @@ class HFRollout(RolloutBackend):
             model.train(was_training)
         if temperature is None:
             return output[:, prompt_ids.shape[1] :], None
+        if hooked:
+            completion_ids = output[:, prompt_ids.shape[1] :]
+            return completion_ids, reader.logprobs(completion_ids) if completion_ids.shape[1] else None
         completion_ids = output.sequences[:, prompt_ids.shape[1] :]
         if completion_ids.shape[1] == 0:
             return completion_ids, None
-        # One [batch, vocab] logits tensor per generated token: taken step by step, so no [batch, length, vocab]
-        # copy is made (the price of skipping the forward is holding these logits until generation ends).
+        # Taken step by step from the stored logits, so no [batch, length, vocab] copy is made.
         logprobs = [
             logprobs_from_logits(step_logits[:, None], completion_ids[:, step : step + 1], temperature)
             for step, step_logits in enumerate(output.logits)
         ]
         return completion_ids, torch.cat(logprobs, dim=1)
+
+
+class DecodeLogprobs:
+    """Log-probs of the sampled tokens at ``temperature``, read during ``generate`` from each decoding forward's
+    last-position logits, holding one step's logits at a time.
+
+    Hooks on the module whose forward ``generate`` calls (the base model under PEFT): after each forward, its
+    last-position logits are kept (as the float32 copy ``generate`` samples from); before the next forward, whose
+    last input token is the one sampled from them, that token's log-prob is taken and the logits let go. The last
+    token's log-prob comes from the logits still held when ``generate`` returns. Steps beyond the returned answer
+    (a stop check that runs one forward late) are cut off; any other mismatch gives None, and the trainer then
+    runs the actor's forward instead.
+    """
+
+    def __init__(self, model, temperature: float):
+        self.module = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.temperature = temperature
+        self.held: torch.Tensor | None = None
+        self.values: list[torch.Tensor] = []
+        self.handles = []
+
+    def __enter__(self):
+        self.handles = [
+            self.module.register_forward_pre_hook(self._before, with_kwargs=True),
+            self.module.register_forward_hook(self._after, with_kwargs=True),
+        ]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+    def _before(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if self.held is not None and input_ids is not None:
+            self.values.append(self._logprob(self.held, input_ids[:, -1]))
+            self.held = None
+
+    def _after(self, module, args, kwargs, output):
+        logits = getattr(output, "logits", None)
+        self.held = logits[:, -1].to(dtype=torch.float32, copy=True) if logits is not None else None
+
+    def _logprob(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return logprobs_from_logits(logits[:, None], tokens[:, None].to(logits.device), self.temperature)[:, 0]
+
+    def logprobs(self, completion_ids: torch.Tensor) -> torch.Tensor | None:
+        """[batch, C] log-probs of ``completion_ids`` [batch, C], or None when the steps read do not line up."""
+        values, width = list(self.values), completion_ids.shape[1]
+        if len(values) == width - 1 and self.held is not None:
+            values.append(self._logprob(self.held, completion_ids[:, -1]))
+        self.held = None
+        if len(values) < width or values[0].shape[0] != completion_ids.shape[0]:
+            logger.warning("rollout log-probs: the decoding steps read do not match the answer; recomputing them")
+            return None
+        return torch.stack(values[:width], dim=1)
 
 
 def build_rollout(
