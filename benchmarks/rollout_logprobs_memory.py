@@ -22,6 +22,8 @@ from pathlib import Path
 
 from step3_vs_trl import machine_description  # benchmarks/ is on sys.path when this script runs
 
+from rlhf_trl.reporting.benchmarks_file import publish_section
+
 # name, generation settings, what the side measures
 SIDES = (
     ("read during decoding (default)", {}),
@@ -141,12 +143,7 @@ def main(argv=None) -> int:
         "|---|---|---|",
         *[f"| {name} | {result['growth_mib']:,.0f} | {result['seconds']:.2f} |" for name, result in results],
     ]
-    section = "\n".join(lines) + "\n"
-    print(section)
-    if options.append:
-        from rlhf_trl.bench.step3 import append_section
-
-        append_section(Path(options.append), section)
+    publish_section("\n".join(lines) + "\n", options.append)
     return 0
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from rlhf_trl.bench.step3 import append_section
 from rlhf_trl.bench.workloads import Preset, build_models, build_tokenizer, opt_config, random_prompts
 from rlhf_trl.bench.workloads import device_description as bench_device_description
+from rlhf_trl.reporting.benchmarks_file import publish_section
 
 WORKLOADS = ("shared", "demo")
 # (recompute_rollout_logprobs, packed?): as before; log-probs from generation; and packed scoring and update too.
@@ -346,11 +346,9 @@ def main(argv: list[str] | None = None) -> int:
     device = bench_device_description()
     command = "python benchmarks/step3_profile.py " + shlex.join(argv)
     section = format_section(results, command, device, datetime.datetime.now(datetime.timezone.utc), options.note)
-    print(section)
+    publish_section(section, options.append)
     if options.output_json:
         Path(options.output_json).write_text(json.dumps(results, indent=2))
-    if options.append:
-        append_section(Path(options.append), section)
     return 0
 
 

@@ -28,6 +28,8 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from rlhf_trl.reporting.benchmarks_file import publish_section
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 PEER_SCRIPT = HERE / "trl_ppo_peer" / "run_trl_ppo.py"
@@ -282,11 +284,6 @@ def our_commit() -> str:
         return "(unknown commit)"
 
 
-def append_section(path: Path, section: str) -> None:
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write("\n" + section)
-
-
 # ----------------------------------------------------------------------------------------------------------- rounds
 def run_side(side: str, options: argparse.Namespace) -> dict:
     """One fresh process for one side; returns its parsed result."""
@@ -372,11 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     section = format_section(
         summary, rounds, command, datetime.datetime.now(datetime.timezone.utc), options.note, our_commit()
     )
-    print(section)
+    publish_section(section, options.append)
     if options.output_json:
         Path(options.output_json).write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=2))
-    if options.append:
-        append_section(Path(options.append), section)
     return 0
 
 

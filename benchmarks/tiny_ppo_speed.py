@@ -31,6 +31,8 @@ from pathlib import Path
 import yaml
 from step3_vs_trl import machine_description  # benchmarks/ is on sys.path when this script runs
 
+from rlhf_trl.reporting.benchmarks_file import publish_section
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny" / "ppo.yaml"
 NEWER_KEYS = ("num_threads",)  # recipe keys older revisions reject; OMP_NUM_THREADS=1 stands in for them
@@ -147,12 +149,7 @@ def main(argv=None) -> int:
             f"| {name} | {' / '.join(f'{s:.4f}' for s in steps)} | {mean:.4f} | {first / mean:.2f}x | "
             f"{' / '.join(format(r['gold'], '.4f') for r in results[name])} |"
         )
-    section = "\n".join(lines) + "\n"
-    print(section)
-    if args.append:
-        from rlhf_trl.bench.step3 import append_section  # imports torch and bitsandbytes: only when writing
-
-        append_section(Path(args.append), section)
+    publish_section("\n".join(lines) + "\n", args.append)
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from step3_vs_trl import machine_description  # benchmarks/ is on sys.path when this script runs
 
+from rlhf_trl.reporting.benchmarks_file import publish_section
+
 # torch and the project are imported once the options are checked: bad input gets its one line and nothing else.
 PROMPT_LENGTH = 64
 SIDES = (("cut", True), ("whole rollout width", False))
@@ -186,11 +188,7 @@ def main(argv=None) -> int:
     result = measure(options)
     command = "python benchmarks/update_width.py " + shlex.join(argv)
     section = format_section(result, options, command.strip())
-    print(section)
-    if options.append:
-        from rlhf_trl.bench.step3 import append_section
-
-        append_section(Path(options.append), section)
+    publish_section(section, options.append)
     return 0
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from rlhf_trl.bench.memory_child import run_child
-from rlhf_trl.bench.step3 import append_section
+from rlhf_trl.reporting.benchmarks_file import append_section
 from rlhf_trl.steps import BY_NAME, STEP_NAMES
 
 MODES = {"full": "{step}.yaml", "8bit-lora": "{step}-8bit-lora.yaml"}

@@ -42,6 +42,7 @@ from rlhf_trl.bench.workloads import (
     step_flops,
 )
 from rlhf_trl.ppo.config import ROLLOUT_BACKENDS
+from rlhf_trl.reporting.benchmarks_file import append_section
 
 # The update's importance-ratio statistics the benchmark reports (step metrics policy/<name>).
 RATIO_STATS = ("ratio_mean", "ratio_max", "clip_fraction", "approx_kl")
@@ -224,14 +225,6 @@ def format_section(result: dict, command: str, when: datetime.datetime) -> str:
         "reference, critic, reward), 6·params·tokens for training actor and critic, divided by wall time and "
         "devices.\n"
     )
-
-
-def append_section(path: Path, section: str) -> None:
-    """Add a markdown section at the end of a benchmarks file (created with a heading when missing)."""
-    if not path.exists():
-        path.write_text("# Benchmarks\n\nNewest last.\n")
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write("\n" + section)
 
 
 # ---------------------------------------------------------------------------------------------------- command line
