@@ -324,6 +324,27 @@ def test_logprobs_and_entropy_in_chunks_equal_the_whole_batch(chunk_rows, monkey
     assert torch.allclose(logprobs_from_logits(logits, tokens, 0.8), whole_logprobs, rtol=0, atol=1e-14)
 
 
+def test_chunked_backward_joins_the_chunks_gradients_once(monkeypatch):
+    """The chunks are a split of the batch, not slices of it: a split's backward joins the chunks' gradients into one
+    tensor, while every slice's backward fills a zero tensor of the whole batch's size (with a 50k vocabulary that
+    doubled the update's time on CPU, BENCHMARKS.md)."""
+    from rlhf_trl.ppo import losses
+
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 1)  # one row per chunk: six chunks
+    logits = torch.randn(6, 3, 11, requires_grad=True)
+    tokens = torch.randint(0, 11, (6, 3))
+    for output in (logprobs_from_logits(logits, tokens, 0.7), entropy_from_logits(logits, 0.7)):
+        names, pending, seen = [], [output.grad_fn], set()
+        while pending:
+            node = pending.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            names.append(type(node).__name__)
+            pending.extend(next_node for next_node, _ in node.next_functions)
+        assert names.count("SplitBackward0") == 1 and "SliceBackward0" not in names, names
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.5, 2.0])
 def test_entropy_from_logits_vs_manual_softmax(temperature):
     generator = torch.Generator().manual_seed(2)

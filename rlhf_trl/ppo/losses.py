@@ -23,9 +23,10 @@ def _check_clip_range(clip_range: float) -> None:
 # Log-probabilities and entropy
 
 
-# Largest float32 copy of the logits made at once (elements; 2**24 = 64 MiB): a tiny model's whole batch fits, while
-# a large vocabulary gets one row ([T, V]) at a time, so the copy never grows beyond one row or this budget.
-CHUNK_ELEMENTS = 2**24
+# Largest float32 copy of the logits made at once (elements; 2**22 = 16 MiB): a tiny model's whole batch fits, while
+# a large vocabulary gets one row ([T, V]) at a time, so the copy never grows beyond one row or this budget. Larger
+# chunks were slower on CPU (2**24 with a 50k vocabulary: 64 MiB temporaries, update 1.67 s vs 0.98 s per step).
+CHUNK_ELEMENTS = 2**22
 
 
 def _row_chunks(logits: torch.Tensor, temperature: float):
@@ -35,8 +36,10 @@ def _row_chunks(logits: torch.Tensor, temperature: float):
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     compute_dtype = torch.promote_types(logits.dtype, torch.float32)
     rows = max(1, CHUNK_ELEMENTS // max(1, logits.shape[1] * logits.shape[2]))
-    for start in range(0, logits.shape[0], rows):
-        chunk = logits[start : start + rows].to(compute_dtype)  # [rows, T, V]
+    # split, not slicing: the backward of a split joins the chunks' gradients into one tensor, while each slice's
+    # backward would fill a zero tensor of the whole batch's size (quadratic in the number of chunks).
+    for chunk in logits.split(rows):
+        chunk = chunk.to(compute_dtype)  # [rows, T, V]
         yield chunk / temperature if temperature != 1.0 else chunk
 
 
