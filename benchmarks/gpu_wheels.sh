@@ -12,7 +12,7 @@
 # (--image-packages, default benchmarks/gpu_image_packages.txt; 'none' carries all of it). torch and
 # what comes with it are never carried. bitsandbytes keeps only its CPU and CUDA-MAJOR libraries (--cuda, default
 # 13, the machine torch's CUDA). deepspeed is published as a source archive only, so its wheel is built here (pure
-# Python: its CUDA kernels are compiled on first use on the GPU machine). About 28 MB in all.
+# Python: its CUDA kernels are compiled on first use on the GPU machine). About 32 MiB in all.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -71,8 +71,7 @@ fi
 mkdir -p "$dest"
 failed=()
 for pin in "${wanted[@]}"; do
-    name=$(echo "${pin%%==*}" | tr 'A-Z_' 'a-z-')
-    if [[ "$name" == deepspeed ]]; then
+    if [[ "${pin%%==*}" == deepspeed ]]; then  # gpu_wheel_set.py pins gives normalised names
         "$python" -m pip wheel --quiet --no-deps "$pin" -w "$dest" || failed+=("$pin")
         continue
     fi

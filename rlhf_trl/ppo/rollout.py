@@ -141,10 +141,16 @@ class HFRollout(RolloutBackend):
             return completion_ids, None
         # Taken step by step from the stored logits, so no [batch, length, vocab] copy is made.
         logprobs = [
-            logprobs_from_logits(step_logits[:, None], completion_ids[:, step : step + 1], temperature)
+            step_logprobs(step_logits, completion_ids[:, step], temperature)
             for step, step_logits in enumerate(output.logits)
         ]
-        return completion_ids, torch.cat(logprobs, dim=1)
+        return completion_ids, torch.stack(logprobs, dim=1)
+
+
+def step_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[batch] log-probs of ``tokens`` [batch] under one decoding step's raw logits [batch, vocab], at ``temperature``
+    (as a forward's log softmax would give them)."""
+    return logprobs_from_logits(logits[:, None], tokens[:, None].to(logits.device), temperature)[:, 0]
 
 
 class DecodeLogprobs:
@@ -181,21 +187,18 @@ class DecodeLogprobs:
     def _before(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if self.held is not None and input_ids is not None:
-            self.values.append(self._logprob(self.held, input_ids[:, -1]))
+            self.values.append(step_logprobs(self.held, input_ids[:, -1], self.temperature))
             self.held = None
 
     def _after(self, module, args, kwargs, output):
         logits = getattr(output, "logits", None)
         self.held = logits[:, -1].to(dtype=torch.float32, copy=True) if logits is not None else None
 
-    def _logprob(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return logprobs_from_logits(logits[:, None], tokens[:, None].to(logits.device), self.temperature)[:, 0]
-
     def logprobs(self, completion_ids: torch.Tensor) -> torch.Tensor | None:
         """[batch, C] log-probs of ``completion_ids`` [batch, C], or None when the steps read do not line up."""
         values, width = list(self.values), completion_ids.shape[1]
         if len(values) == width - 1 and self.held is not None:
-            values.append(self._logprob(self.held, completion_ids[:, -1]))
+            values.append(step_logprobs(self.held, completion_ids[:, -1], self.temperature))
         self.held = None
         if len(values) < width or values[0].shape[0] != completion_ids.shape[0]:
             logger.warning("rollout log-probs: the decoding steps read do not match the answer; recomputing them")
